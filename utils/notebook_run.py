@@ -1,0 +1,49 @@
+"""Execute a lesson notebook the way a learner would: top to bottom, in a fresh kernel."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET_S = 180.0  # every lesson must run top to bottom in three minutes on a two-core CPU
+
+
+def lessons(folder: Path = ROOT / "notebooks") -> list[Path]:
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def execute(path: Path, timeout: int = 600, env: dict | None = None, allow_errors: bool = False):
+    """Run ``path`` in a fresh python3 kernel (cwd: its folder); return (notebook, seconds)."""
+    nb = nbformat.read(path, as_version=4)
+    saved = os.environ.copy()
+    os.environ.update(env or {})
+    try:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+                                resources={"metadata": {"path": str(path.parent)}})
+        started = time.perf_counter()
+        client.execute()
+        seconds = time.perf_counter() - started
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return nb, seconds
+
+
+_MACHINE_PATHS = [re.escape(str(ROOT)), re.escape(str(Path.home())), r"/tmp/[^\s'\"]*"]
+
+
+def scrub(nb) -> list[str]:
+    """Drop run-specific metadata and return the machine paths that outputs still show."""
+    found = []
+    pattern = re.compile("|".join(_MACHINE_PATHS))
+    for cell in nb.cells:
+        cell.get("metadata", {}).pop("execution", None)
+        for out in cell.get("outputs", []):
+            found += pattern.findall(json.dumps(out))
+    return sorted(set(found))
