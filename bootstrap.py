@@ -10,6 +10,7 @@ packages), a machine with an NVIDIA GPU gets the default CUDA build, and a machi
 gets the much smaller CPU build. Later runs reuse the environment unless ``pyproject.toml`` changed.
 
 Other sub-commands: ``setup`` (only set up), ``bench`` (time every lesson against its budget).
+Options given alone go to JupyterLab (``python3 bootstrap.py --port 8890``).
 Extra words after ``test`` go to pytest, e.g. ``python3 bootstrap.py test tests/test_checks.py``.
 """
 from __future__ import annotations
@@ -130,7 +131,8 @@ def bench(python: Path, extra: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    command, extra = (argv[0], argv[1:]) if argv else ("lab", [])
+    # Words that start with "-" go to JupyterLab, e.g. `python3 bootstrap.py --port 8890`.
+    command, extra = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else ("lab", argv)
     actions = {"lab": lab, "test": test, "bench": bench, "setup": None}
     if command not in actions:
         print(__doc__)
