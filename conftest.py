@@ -16,8 +16,13 @@ os.environ.setdefault("COURSE_NO_PROGRESS", "1")
 os.environ.setdefault("MPLBACKEND", "agg")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the suite never touches the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Each xdist worker runs its own kernel; share the cores between them instead of letting every
+# kernel start one thread per core. Oversubscribed OpenMP threads spin-wait and can make small
+# models train ten times slower.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parent
 BUDGET_S = 180.0
 _notebook_seconds: dict[str, float] = defaultdict(float)
 _notebook_failed: set[str] = set()

@@ -21,6 +21,7 @@ def lessons(folder: Path = ROOT / "notebooks") -> list[Path]:
 def execute(path: Path, timeout: int = 600, env: dict | None = None, allow_errors: bool = False):
     """Run ``path`` in a fresh python3 kernel (cwd: its folder); return (notebook, seconds)."""
     nb = nbformat.read(path, as_version=4)
+    nb.metadata.pop("widgets", None)  # widget state from an earlier run must not outlive it
     saved = os.environ.copy()
     os.environ.update(env or {})
     try:
