@@ -1,0 +1,140 @@
+"""course.viz: sentence validation (pure function), heatmaps, and the explorer widget building and updating."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from course.viz import (  # noqa: E402
+    attention_explorer,
+    attention_heads,
+    attention_heatmap,
+    tokenize_words,
+    validate_sentence,
+)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def uniform(tokens):
+    n = len(tokens)
+    return torch.full((n, n), 1.0 / n)
+
+
+# ----------------------------------------------------------------------------- validate_sentence
+
+def test_tokenize_words_keeps_contractions_and_splits_punctuation():
+    assert tokenize_words("The animal didn't cross, wide.") == ["The", "animal", "didn't", "cross", ",", "wide", "."]
+
+
+def test_validate_sentence_accepts_a_normal_sentence():
+    tokens, message = validate_sentence("The animal didn't cross the street", max_tokens=10)
+    assert message == "" and tokens == ["The", "animal", "didn't", "cross", "the", "street"]
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n"])
+def test_validate_sentence_rejects_empty_text(text):
+    tokens, message = validate_sentence(text, max_tokens=10)
+    assert tokens == [] and "empty" in message and "\n" not in message
+
+
+def test_validate_sentence_rejects_too_many_tokens_naming_the_limit():
+    tokens, message = validate_sentence("a b c d e f", max_tokens=4)
+    assert tokens == [] and "6 tokens" in message and "limit is 4" in message
+
+
+def test_validate_sentence_rejects_unknown_characters_naming_them():
+    tokens, message = validate_sentence("the café @ noon", max_tokens=10)
+    assert tokens == [] and "'é'" in message and "'@'" in message and "\n" not in message
+
+
+def test_validate_sentence_rejects_words_outside_the_vocabulary():
+    tokens, message = validate_sentence("The dog crossed", max_tokens=10, vocab={"the", "dog", "cross"})
+    assert tokens == [] and "'crossed'" in message and "cross" in message
+
+
+def test_validate_sentence_vocabulary_is_case_insensitive():
+    tokens, message = validate_sentence("The DOG", max_tokens=10, vocab={"the", "dog"})
+    assert message == "" and tokens == ["The", "DOG"]
+
+
+def test_validate_sentence_rejects_only_punctuation():
+    tokens, message = validate_sentence("'-'", max_tokens=10)
+    assert tokens == [] and message
+
+
+# ----------------------------------------------------------------------------- heatmaps
+
+def test_attention_heatmap_labels_rows_and_columns():
+    ax = attention_heatmap(torch.eye(3), ["a", "b", "c"])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+
+
+def test_attention_heatmap_cross_attention_uses_query_tokens():
+    ax = attention_heatmap(torch.full((2, 3), 1 / 3), ["a", "b", "c"], query_tokens=["x", "y"])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["x", "y"]
+
+
+def test_attention_heatmap_rejects_shape_that_does_not_match_tokens():
+    with pytest.raises(ValueError, match=r"\(3, 3\).*2 query tokens x 2 key tokens"):
+        attention_heatmap(torch.eye(3), ["a", "b"])
+
+
+def test_attention_heads_draws_one_panel_per_head():
+    fig = attention_heads(torch.rand(3, 4, 4), list("abcd"), titles=["p", "q", "r"])
+    assert [ax.get_title() for ax in fig.axes] == ["p", "q", "r"]
+
+
+# ----------------------------------------------------------------------------- explorer widget
+
+def test_explorer_builds_and_draws_the_first_sentence():
+    ex = attention_explorer(uniform, sentence="the cat sat", max_tokens=5)
+    assert ex.tokens == ["the", "cat", "sat"] and ex.weights.shape == (3, 3)
+    assert "3 tokens" in ex.message.value
+    assert ex.widget.children == (ex.text, ex.message, ex.image)
+    assert bytes(ex.image.value).startswith(b"\x89PNG")  # the heatmap, drawn
+
+
+def test_explorer_updates_when_the_text_box_changes():
+    ex = attention_explorer(uniform, sentence="the cat sat", max_tokens=5)
+    first = bytes(ex.image.value)
+    ex.text.value = "a dog ran away"
+    assert ex.tokens == ["a", "dog", "ran", "away"] and ex.weights.shape == (4, 4)
+    assert bytes(ex.image.value).startswith(b"\x89PNG") and bytes(ex.image.value) != first  # redrawn
+
+
+@pytest.mark.parametrize("text,expected", [("", "empty"), ("a b c d e f g", "Too long"), ("na\u00efve", "Unknown character")])
+def test_explorer_shows_a_one_line_message_for_bad_input_and_keeps_the_last_picture(text, expected):
+    ex = attention_explorer(uniform, sentence="the cat sat", max_tokens=5)
+    picture = bytes(ex.image.value)
+    ex.text.value = text
+    assert expected in ex.message.value and "Traceback" not in ex.message.value
+    assert ex.tokens == ["the", "cat", "sat"] and bytes(ex.image.value) == picture
+
+
+def test_explorer_reports_an_exception_from_attend_fn_in_one_line():
+    def broken(tokens):
+        raise RuntimeError("shapes do not fit\nsecond line")
+
+    ex = attention_explorer(broken, sentence="the cat", max_tokens=5)
+    assert "RuntimeError: shapes do not fit" in ex.message.value and "second line" not in ex.message.value
+
+
+def test_explorer_reports_wrong_weight_shape():
+    ex = attention_explorer(lambda tokens: torch.ones(2, 2), sentence="the cat sat", max_tokens=5)
+    assert "expected (3, 3)" in ex.message.value
+
+
+def test_explorer_draws_several_heads_side_by_side():
+    ex = attention_explorer(lambda t: torch.stack([uniform(t), torch.eye(len(t))]), sentence="x y", max_tokens=5,
+                            head_titles=["uniform", "self"])
+    assert ex.weights.shape == (2, 2, 2) and "2 tokens" in ex.message.value
