@@ -1,0 +1,323 @@
+"""Checkers for lesson 02 (tokens and embeddings): pair counts, merge, embedding lookup.
+
+Two of these exercises return plain Python values (a dict of pair counts, a list of ids), which
+:func:`course.checks.core.check_function` (made for tensors) does not compare. :func:`check_values`
+is the same engine for plain values: one line for a pass, and for a failure the first difference
+plus, when the learner's answers match a known mistake, its hint. A mistake is named only if it
+agrees with the learner's answers on every case up to the first failing one, so a mistake that
+happens to coincide on the failing case but not on an earlier one is not blamed.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from numbers import Integral
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from course.tokenizers import get_pair_counts, merge, one_hot_embedding
+
+from .core import FAILED, NOT_ATTEMPTED, PASSED, CheckResult, Mistake, evaluate_function, report
+
+# ----------------------------------------------------------------------------------------------
+# A checker for plain values (ints, lists, dicts)
+# ----------------------------------------------------------------------------------------------
+
+
+def _normalise(value: Any, like: Any) -> tuple[Any, str | None]:
+    """Bring ``value`` into the reference's form; return (value, problem or None)."""
+    if isinstance(like, Mapping):
+        if not isinstance(value, Mapping):
+            return None, f"should return a dict, got {type(value).__name__}"
+        return {k: v for k, v in value.items() if v != 0}, None
+    if isinstance(like, list):
+        if isinstance(value, torch.Tensor) and value.dim() == 1:
+            value = value.tolist()
+        if not isinstance(value, (list, tuple)):
+            return None, f"should return a list, got {type(value).__name__}"
+        return list(value), None
+    if isinstance(like, bool):
+        if not isinstance(value, bool):
+            return None, f"should return True or False, got {type(value).__name__}"
+        return value, None
+    if isinstance(like, Integral):
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            return None, f"should return an int, got {type(value).__name__}"
+        return int(value), None
+    return value, None
+
+
+def _difference(got: Any, want: Any) -> str:
+    """The first difference between two equal-typed values, in words."""
+    if isinstance(want, Mapping):
+        for key in sorted(set(want) | set(got), key=repr):
+            if got.get(key) != want.get(key):
+                if key not in got:
+                    return f"{key!r} is missing (expected {want[key]})"
+                if key not in want:
+                    return f"{key!r} should not be there (you have {got[key]})"
+                return f"for {key!r} you have {got[key]}, expected {want[key]}"
+        return "the dicts differ"
+    if isinstance(want, list):
+        for i, (g, w) in enumerate(zip(got, want)):
+            if g != w:
+                return f"first difference at position {i}: you have {g!r}, expected {w!r}"
+        return f"length {len(got)}, expected {len(want)}"
+    return f"you returned {got!r}, expected {want!r}"
+
+
+def _show_args(args: tuple) -> str:
+    text = ", ".join(repr(a) for a in args)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def evaluate_values(exercise: str, fn: Any, reference: Callable[..., Any], cases: Sequence[tuple],
+                    mistakes: Sequence[Mistake] = ()) -> CheckResult:
+    """Like :func:`course.checks.core.evaluate_function`, for functions returning ints, lists or dicts."""
+    if not callable(fn):
+        return CheckResult(exercise, FAILED, f"expected a function, got {type(fn).__name__}; "
+                           "pass the function itself, without calling it")
+    seen: list[tuple[tuple, Any]] = []  # (args, learner's normalised answer) for the cases so far
+    for i, args in enumerate(cases):
+        want = reference(*copy.deepcopy(args))
+        given = copy.deepcopy(args)
+        try:
+            got = fn(*given)
+        except NotImplementedError:
+            return CheckResult(exercise, NOT_ATTEMPTED, "not attempted yet: replace `raise NotImplementedError()` "
+                               "with your code, then run this cell again")
+        except Exception as exc:  # learner code may raise anything: one line
+            return CheckResult(exercise, FAILED, f"your function raised {_describe(exc)} "
+                               f"(case {i + 1} of {len(cases)}: {_show_args(args)})")
+        if given != args:
+            return CheckResult(exercise, FAILED, "your function changed its input in place; build a new list instead")
+        got, problem = _normalise(got, want)
+        if problem:
+            return CheckResult(exercise, FAILED, f"{problem} (case {i + 1} of {len(cases)})")
+        seen.append((args, got))
+        if got == want:
+            continue
+        hint = _diagnose(seen, mistakes, want)
+        where = f"case {i + 1} of {len(cases)}: {_show_args(args)}"
+        difference = _difference(got, want)
+        if hint:
+            difference = f"{hint}. {difference[0].upper()}{difference[1:]}"
+        return CheckResult(exercise, FAILED, f"{difference} ({where}).")
+    return CheckResult(exercise, PASSED, f"correct on {len(cases)} case(s).")
+
+
+def _describe(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    first = lines[0][:160] if lines else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _diagnose(seen: list[tuple[tuple, Any]], mistakes: Sequence[Mistake], want_like: Any) -> str | None:
+    """The first mistake that gives the learner's answer on every case seen so far."""
+    for mistake in mistakes:
+        try:
+            if all(_normalise(mistake.fn(*copy.deepcopy(args)), want_like)[0] == got for args, got in seen):
+                return mistake.hint
+        except Exception:
+            continue
+    return None
+
+
+def check_values(exercise: str, fn: Any, reference: Callable[..., Any], cases: Sequence[tuple], *,
+                 mistakes: Sequence[Mistake] = (), strict: bool | None = None) -> CheckResult:
+    """Check ``fn`` against ``reference`` on every case, for plain values; print one line."""
+    return report(evaluate_values(exercise, fn, reference, cases, mistakes), strict=strict)
+
+
+def with_exception_hints(result: CheckResult, hints: Sequence[tuple[str, str]]) -> CheckResult:
+    """If the learner's function raised and its message contains a known text, lead with the hint.
+
+    ``hints``: ``(text the exception message contains, hint)`` pairs, tried in order.
+    """
+    if result.status == FAILED and result.detail.startswith("your function raised"):
+        for text, hint in hints:
+            if text in result.detail:
+                result.detail = f"{hint}. Y{result.detail[1:]}"  # "Your function raised ..."
+                break
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise: get_pair_counts(ids) -> {(a, b): count}
+# ----------------------------------------------------------------------------------------------
+def _pair_counts_cases() -> list[tuple]:
+    return [
+        ([1, 2, 1, 2, 1, 2, 3],),     # every mistake below gives a different answer here
+        ([1, 2, 3, 1, 2],),           # (1, 2) twice, the second time as the last pair
+        ([5, 5, 5],),                 # overlapping: (5, 5) twice
+        ([7, 8],),                    # a single pair, which is also the last pair
+        ([4, 4, 4, 4, 9, 4, 4],),
+        ([3],),                       # no pairs at all
+        ([],),
+        ([104, 101, 108, 108, 111, 32, 104, 101],),  # "hello he" as bytes
+    ]
+
+
+def _counts(pairs) -> dict:
+    out: dict = {}
+    for p in pairs:
+        out[p] = out.get(p, 0) + 1
+    return out
+
+
+def _count_skipping_runs(ids):
+    out, i = {}, 0
+    while i < len(ids) - 1:
+        pair = (ids[i], ids[i + 1])
+        out[pair] = out.get(pair, 0) + 1
+        i += 2 if ids[i] == ids[i + 1] else 1
+    return out
+
+
+PAIR_COUNT_MISTAKES = [
+    Mistake("the last pair is not counted: the pairs run up to (ids[-2], ids[-1]); loop over range(len(ids) - 1) "
+            "or zip(ids, ids[1:])",
+            lambda ids: _counts(zip(ids[:-2], ids[1:-1]))),
+    Mistake("overlapping pairs count separately: [7, 7, 7] holds (7, 7) twice (only merge skips ahead after a match)",
+            _count_skipping_runs),
+    Mistake("only every other pair is counted (ids[0:2], ids[2:4], ...): step through every position, "
+            "so pairs overlap: zip(ids, ids[1:])",
+            lambda ids: _counts(zip(ids[::2], ids[1::2]))),
+    Mistake("each distinct pair is counted once: add 1 every time the pair occurs",
+            lambda ids: {p: 1 for p in zip(ids, ids[1:])}),
+    Mistake("the pairs are reversed: the key is (ids[i], ids[i + 1]), left element first",
+            lambda ids: _counts(zip(ids[1:], ids))),
+]
+
+
+def check_pair_counts(fn, strict: bool | None = None) -> CheckResult:
+    """Check ``fn(ids: list[int]) -> dict[(a, b), count]`` of neighbouring pairs (overlapping)."""
+    return check_values("pair counts", fn, lambda ids: get_pair_counts(ids), _pair_counts_cases(),
+                        mistakes=PAIR_COUNT_MISTAKES, strict=strict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise: merge(ids, pair, new_id) -> list
+# ----------------------------------------------------------------------------------------------
+def _merge_cases() -> list[tuple]:
+    return [
+        ([1, 2, 3, 1, 2], (1, 2), 99),   # twice, the second time at the very end
+        ([5, 5, 5], (5, 5), 256),        # overlapping: only the first two merge
+        ([5, 5, 5, 5], (5, 5), 256),     # two occurrences back to back
+        ([3, 1, 2, 4], (1, 2), 300),     # once, in the middle
+        ([2, 1, 2, 1], (1, 2), 7),       # the reverse pair (2, 1) must be left alone
+        ([1, 3, 2], (1, 2), 7),          # no occurrence
+        ([], (1, 2), 7),
+    ]
+
+
+def _merge_no_skip(ids, pair, new_id):
+    out = []
+    for i in range(len(ids)):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == tuple(pair):
+            out.append(new_id)
+        elif i > 0 and (ids[i - 1], ids[i]) == tuple(pair) and out and out[-1] == new_id:
+            continue
+        else:
+            out.append(ids[i])
+    return out
+
+
+def _merge_replace_both(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == tuple(pair):
+            out.append(new_id)
+            i += 1  # forgot to skip the pair's second element
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _merge_drops_last(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids) - 1:
+        if (ids[i], ids[i + 1]) == tuple(pair):
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _merge_first_only(ids, pair, new_id):
+    for i in range(len(ids) - 1):
+        if (ids[i], ids[i + 1]) == tuple(pair):
+            return list(ids[:i]) + [new_id] + list(ids[i + 2:])
+    return list(ids)
+
+
+def _merge_from_right(ids, pair, new_id):
+    return merge(list(ids)[::-1], (pair[1], pair[0]), new_id)[::-1]
+
+
+MERGE_MISTAKES = [
+    Mistake("after a match, skip both elements of the pair (i += 2): the pair's second element was kept",
+            _merge_replace_both),
+    Mistake("overlapping occurrences were merged twice: [7, 7, 7] merged on (7, 7) gives [new_id, 7] "
+            "(after a match, jump past both elements)",
+            _merge_no_skip),
+    Mistake("the last element was lost: when the loop stops one short of the end, the final id still "
+            "has to be appended",
+            _merge_drops_last),
+    Mistake("only the first occurrence was replaced: keep scanning to the end", _merge_first_only),
+    Mistake("merged from the right: scan left to right, so [7, 7, 7] gives [new_id, 7], not [7, new_id]",
+            _merge_from_right),
+    Mistake("nothing was replaced: build a new list, appending new_id where the pair starts",
+            lambda ids, pair, new_id: list(ids)),
+]
+
+
+def check_merge(fn, strict: bool | None = None) -> CheckResult:
+    """Check ``fn(ids, pair, new_id) -> new list`` with each occurrence of ``pair`` replaced."""
+    return check_values("merge", fn, lambda ids, pair, new_id: merge(ids, pair, new_id), _merge_cases(),
+                        mistakes=MERGE_MISTAKES, strict=strict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise: embedding lookup as one_hot(ids) @ W
+# ----------------------------------------------------------------------------------------------
+def _embedding_cases() -> list[tuple]:
+    g = torch.Generator().manual_seed(2)
+    return [
+        # Square W first: the transposed orientation then has the right shape but wrong values.
+        (torch.tensor([[0, 3, 1], [2, 2, 0]]), torch.randn(5, 5, generator=g)),
+        # The largest id (2) is below vocab - 1: one_hot without num_classes gives too few columns.
+        (torch.tensor([2, 0, 1, 2]), torch.randn(7, 3, generator=g)),
+        (torch.tensor([6]), torch.randn(7, 4, generator=g)),
+        (torch.randint(0, 11, (2, 3, 4), generator=g), torch.randn(11, 6, generator=g)),
+    ]
+
+
+EMBEDDING_MISTAKES = [
+    Mistake("wrong orientation: row i of W is token i's vector, so multiply one_hot(ids) [..., vocab] by "
+            "W [vocab, d]; you used W's columns (W.T)",
+            lambda ids, W: F.one_hot(ids, W.shape[1]).to(W.dtype) @ W.T),
+    Mistake("off by one: token i's vector is row i of W (ids start at 0)",
+            lambda ids, W: F.one_hot((ids + 1) % W.shape[0], W.shape[0]).to(W.dtype) @ W),
+]
+
+EMBEDDING_EXCEPTION_HINTS = [
+    ("cannot be multiplied", "the one-hot vectors must have vocab = W.shape[0] entries to line up with W's rows: "
+                             "F.one_hot(ids, num_classes=W.shape[0])"),
+    ("dtype", "F.one_hot gives integers: convert them to W's dtype (.to(W.dtype) or .float()) before multiplying"),
+    ("Long", "F.one_hot gives integers: convert them to W's dtype (.to(W.dtype) or .float()) before multiplying"),
+]
+
+
+def check_one_hot_embedding(fn, strict: bool | None = None) -> CheckResult:
+    """Check ``fn(ids: [...] int64, W: [vocab, d]) -> [..., d]``, the embedding of each id."""
+    result = evaluate_function("embedding lookup", fn, one_hot_embedding, _embedding_cases(),
+                               mistakes=EMBEDDING_MISTAKES, atol=1e-6)
+    return report(with_exception_hints(result, EMBEDDING_EXCEPTION_HINTS), strict=strict)
