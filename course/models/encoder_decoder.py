@@ -1,0 +1,170 @@
+"""The original Transformer (2017): an encoder reads the source, a decoder writes the target.
+
+    source ids -> embedding * sqrt(d) + sinusoidal positions -> encoder blocks -> memory
+    target ids (shifted right) -> embedding * sqrt(d) + positions
+        -> decoder blocks (causal self-attention, cross-attention to memory, feed-forward)
+        -> linear -> logits over the target vocabulary
+
+Its encoder and decoder stacks are checked against ``torch.nn.Transformer`` with the same weights
+(:func:`load_from_torch_transformer`); the cross-attention weights of every layer are returned on
+request, for the alignment maps of lesson 09.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from course.attention import causal_mask
+from course.layers import DecoderBlock, LayerNorm, TransformerBlock, load_from_torch_decoder_layer, load_from_torch_encoder_layer
+from course.positional import sinusoidal_encoding
+
+
+@dataclass
+class EncoderDecoderConfig:
+    """Sizes of an :class:`EncoderDecoder`; one vocabulary is shared by source and target."""
+
+    vocab_size: int
+    max_len: int = 64
+    d_model: int = 128
+    num_heads: int = 4
+    num_encoder_layers: int = 2
+    num_decoder_layers: int = 2
+    d_ff: int | None = None
+    dropout: float = 0.0
+    activation: str = "relu"
+    norm_first: bool = True
+    pad_id: int = 0
+    tie_weights: bool = True
+
+    def __post_init__(self):
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+
+
+class EncoderDecoder(nn.Module):
+    """``forward(src [b, s], tgt_in [b, t]) -> logits [b, t, vocab]``; padding (``pad_id``) is masked."""
+
+    def __init__(self, config: EncoderDecoderConfig):
+        super().__init__()
+        self.config = c = config
+        self.embedding = nn.Embedding(c.vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.register_buffer("positions", sinusoidal_encoding(c.max_len, c.d_model), persistent=False)
+        self.dropout = nn.Dropout(c.dropout)
+        block = dict(norm_first=c.norm_first, activation=c.activation, dropout=c.dropout)
+        self.encoder_blocks = nn.ModuleList(TransformerBlock(c.d_model, c.num_heads, c.d_ff, **block)
+                                            for _ in range(c.num_encoder_layers))
+        self.decoder_blocks = nn.ModuleList(DecoderBlock(c.d_model, c.num_heads, c.d_ff, **block)
+                                            for _ in range(c.num_decoder_layers))
+        # nn.Transformer ends each stack with a LayerNorm; pre-norm stacks need it, post-norm ones have it anyway.
+        self.encoder_norm = LayerNorm(c.d_model)
+        self.decoder_norm = LayerNorm(c.d_model)
+        self.output = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        with torch.no_grad():
+            self.embedding.weight[c.pad_id].zero_()  # xavier_uniform_ overwrote the padding row
+        if c.tie_weights:
+            self.output.weight = self.embedding.weight
+
+    def _embed(self, ids: Tensor, what: str) -> Tensor:
+        if ids.dim() != 2:
+            raise ValueError(f"{what} ids must be [batch, seq], got shape {tuple(ids.shape)}")
+        if ids.shape[1] > self.config.max_len:
+            raise ValueError(f"{what} of {ids.shape[1]} tokens is longer than max_len={self.config.max_len}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+            raise ValueError(f"{what} ids must lie in [0, {self.config.vocab_size})")
+        x = self.embedding(ids) * math.sqrt(self.config.d_model) + self.positions[: ids.shape[1]]
+        return self.dropout(x)
+
+    def source_mask(self, src: Tensor) -> Tensor:
+        """``[batch, 1, 1, src]``: True at real (non-padding) source tokens."""
+        return (src != self.config.pad_id)[:, None, None, :]
+
+    def encode(self, src: Tensor) -> Tensor:
+        """``src [b, s] -> memory [b, s, d]``."""
+        return self.encoder_stack(self._embed(src, "source"), self.source_mask(src))
+
+    def encoder_stack(self, x: Tensor, src_mask: Tensor | None = None) -> Tensor:
+        """The encoder on embeddings: ``x [b, s, d]``, ``src_mask [b, 1, 1, s]`` (True = real) -> ``[b, s, d]``.
+
+        The same computation as ``torch.nn.Transformer.encoder`` (blocks, then the final norm).
+        """
+        self._check_embedded(x, "x")
+        for block in self.encoder_blocks:
+            x = block(x, mask=src_mask)
+        return self.encoder_norm(x)
+
+    def decoder_stack(self, y: Tensor, memory: Tensor, memory_mask: Tensor | None = None,
+                      need_weights: bool = False):
+        """The decoder on embeddings: ``y [b, t, d]`` and ``memory [b, s, d]`` -> hidden ``[b, t, d]``.
+
+        Causal self-attention, cross-attention to ``memory`` (``memory_mask [b, 1, 1, s]``, True = real),
+        then the final norm: the same computation as ``torch.nn.Transformer.decoder``. With
+        ``need_weights=True`` also returns the cross-attention weights of each layer, ``[b, heads, t, s]``.
+        """
+        self._check_embedded(y, "y")
+        self._check_embedded(memory, "memory")
+        if y.shape[0] != memory.shape[0]:
+            raise ValueError(f"y {tuple(y.shape)} and memory {tuple(memory.shape)} have different batch sizes")
+        self_mask = causal_mask(y.shape[1], device=y.device)
+        cross = []
+        for block in self.decoder_blocks:
+            y, weights = block(y, memory, self_mask=self_mask, memory_mask=memory_mask, need_weights=True)
+            cross.append(weights)
+        y = self.decoder_norm(y)
+        return (y, cross) if need_weights else y
+
+    def _check_embedded(self, x: Tensor, what: str) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.config.d_model:
+            raise ValueError(f"{what} must be [batch, seq, {self.config.d_model}], got {tuple(x.shape)}")
+
+    def decode(self, tgt_in: Tensor, memory: Tensor, src: Tensor, need_weights: bool = False):
+        """``tgt_in [b, t]`` and the encoder's ``memory`` -> logits ``[b, t, vocab]``.
+
+        ``src [b, s]`` (the source ids) gives the padding mask for cross-attention. With
+        ``need_weights=True`` also returns the cross-attention weights of every decoder layer,
+        a list of ``[b, heads, t, s]`` tensors.
+        """
+        if src.shape[:2] != memory.shape[:2]:
+            raise ValueError(f"src {tuple(src.shape)} does not match memory {tuple(memory.shape)}")
+        hidden, cross = self.decoder_stack(self._embed(tgt_in, "target"), memory, self.source_mask(src),
+                                           need_weights=True)
+        logits = self.output(hidden)
+        return (logits, cross) if need_weights else logits
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        return self.decode(tgt_in, self.encode(src), src)
+
+
+@torch.no_grad()
+def load_from_torch_transformer(model: EncoderDecoder, theirs: nn.Transformer) -> EncoderDecoder:
+    """Copy an ``nn.Transformer``'s encoder and decoder stacks (and final norms) into ``model`` (in place; returns it).
+
+    ``nn.Transformer`` has no embeddings or output layer: those stay as they are. Mismatches raise a
+    ``ValueError`` naming the layer and the parameter.
+    """
+    if not isinstance(theirs, nn.Transformer):
+        raise TypeError(f"expected torch.nn.Transformer, got {type(theirs).__name__}")
+    if len(theirs.encoder.layers) != len(model.encoder_blocks) or len(theirs.decoder.layers) != len(model.decoder_blocks):
+        raise ValueError(f"layer counts differ: ours {len(model.encoder_blocks)}+{len(model.decoder_blocks)}, "
+                         f"torch's {len(theirs.encoder.layers)}+{len(theirs.decoder.layers)}")
+    for i, (ours, layer) in enumerate(zip(model.encoder_blocks, theirs.encoder.layers)):
+        try:
+            load_from_torch_encoder_layer(ours, layer)
+        except ValueError as exc:
+            raise ValueError(f"encoder layer {i}: {exc}") from None
+    for i, (ours, layer) in enumerate(zip(model.decoder_blocks, theirs.decoder.layers)):
+        try:
+            load_from_torch_decoder_layer(ours, layer)
+        except ValueError as exc:
+            raise ValueError(f"decoder layer {i}: {exc}") from None
+    for ours, norm in ((model.encoder_norm, theirs.encoder.norm), (model.decoder_norm, theirs.decoder.norm)):
+        ours.weight.copy_(norm.weight)
+        ours.bias.copy_(norm.bias)
+    return model

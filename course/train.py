@@ -1,0 +1,210 @@
+"""A small, reusable training loop: AdamW, warm-up then cosine decay, gradient clipping,
+a progress bar, loss history, periodic evaluation and an optional live loss plot.
+
+The lessons train different models on different data, so the loop only needs two things from
+them: ``next_batch(step) -> batch`` and ``loss_fn(model, batch) -> scalar loss``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from course.progress import progress
+
+__all__ = ["History", "train", "lm_loss", "evaluate", "lr_at", "LiveLossPlot"]
+
+
+@dataclass
+class History:
+    """What happened during :func:`train`: the loss at every step and the evaluations."""
+
+    steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final_eval(self) -> float:
+        """The last evaluation's value (``nan`` if nothing was evaluated)."""
+        return self.eval_loss[-1] if self.eval_loss else math.nan
+
+    def smoothed(self, window: int = 20) -> list[float]:
+        """The training loss averaged over the last ``window`` steps, for a readable curve."""
+        out, total = [], 0.0
+        for i, value in enumerate(self.train_loss):
+            total += value
+            if i >= window:
+                total -= self.train_loss[i - window]
+            out.append(total / min(i + 1, window))
+        return out
+
+
+def lm_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+    """Mean cross-entropy of next-token predictions.
+
+    ``logits: [batch, seq, vocab]``, ``targets: [batch, seq]`` (positions equal to
+    ``ignore_index`` do not count) -> a scalar.
+    """
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(f"lm_loss expects logits [batch, seq, vocab] and targets [batch, seq], "
+                         f"got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int = 0, min_ratio: float = 0.1) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up over ``warmup`` steps, then cosine decay
+    from ``lr`` down to ``min_ratio * lr`` at the last step."""
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    progress_ = (step - warmup) / max(1, steps - warmup - 1)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_))))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[nn.Module, Any], Tensor]) -> float:
+    """Mean of ``loss_fn`` over ``batches`` in eval mode (the model's mode is restored after)."""
+    was_training = model.training
+    model.eval()
+    losses = [float(loss_fn(model, batch)) for batch in batches]
+    model.train(was_training)
+    if not losses:
+        raise ValueError("evaluate was given no batches")
+    return sum(losses) / len(losses)
+
+
+class LiveLossPlot:
+    """A loss curve that redraws in place in a notebook as training runs.
+
+    Outside a notebook (or with ``enabled=False``) it draws nothing until :meth:`close`, which
+    always leaves one final figure.
+    """
+
+    def __init__(self, title: str = "loss", every: int = 25, enabled: bool = True):
+        import matplotlib.pyplot as plt
+
+        self.every, self.title = every, title
+        self.fig, self.ax = plt.subplots(figsize=(6, 3))
+        plt.close(self.fig)  # shown through the display handle only
+        self.handle = None
+        if enabled:
+            try:
+                from IPython import get_ipython
+                from IPython.display import display
+
+                if get_ipython() is not None:
+                    self.handle = display(self.fig, display_id=True)
+            except ImportError:
+                self.handle = None
+
+    def draw(self, history: History) -> None:
+        ax = self.ax
+        ax.clear()
+        ax.plot(history.steps, history.smoothed(), label="train (smoothed)")
+        if history.eval_steps:
+            ax.plot(history.eval_steps, history.eval_loss, "o-", label="validation")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title(self.title)
+        ax.legend(loc="upper right")
+        self.fig.tight_layout()
+
+    def update(self, history: History, step: int) -> None:
+        if self.handle is not None and step % self.every == 0:
+            self.draw(history)
+            self.handle.update(self.fig)
+
+    def close(self, history: History) -> None:
+        self.draw(history)
+        if self.handle is not None:
+            self.handle.update(self.fig)
+        else:
+            try:
+                from IPython.display import display
+
+                display(self.fig)
+            except ImportError:
+                pass
+
+
+def train(
+    model: nn.Module,
+    next_batch: Callable[[int], Any],
+    loss_fn: Callable[[nn.Module, Any], Tensor],
+    *,
+    steps: int,
+    lr: float = 3e-3,
+    weight_decay: float = 0.01,
+    warmup: int = 0,
+    grad_clip: float | None = 1.0,
+    eval_fn: Callable[[nn.Module], float] | None = None,
+    eval_every: int = 100,
+    live_plot: bool = False,
+    plot_title: str = "loss",
+    desc: str = "training",
+    optimizer: torch.optim.Optimizer | None = None,
+    history: History | None = None,
+) -> History:
+    """Train ``model`` for ``steps`` optimiser steps and return the :class:`History`.
+
+    ``next_batch(step)`` returns a batch (anything ``loss_fn`` accepts); ``loss_fn(model, batch)``
+    returns a scalar loss. ``eval_fn(model)`` (called in eval mode every ``eval_every`` steps and
+    at the end) returns a validation number, usually a loss. Pass a ``history`` to continue one.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if optimizer is None:
+        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    history = history or History()
+    start_step = history.steps[-1] + 1 if history.steps else 0
+    plot = LiveLossPlot(plot_title) if live_plot else None
+
+    def run_eval(step: int) -> None:
+        if eval_fn is None:
+            return
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            value = float(eval_fn(model))
+        model.train(was_training)
+        history.eval_steps.append(step)
+        history.eval_loss.append(value)
+
+    model.train()
+    started = time.perf_counter()
+    bar = progress(range(steps), desc=desc)
+    for i in bar:
+        step = start_step + i
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(i, steps, lr, warmup)
+        loss = loss_fn(model, next_batch(step))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss.item()} at step {step}; try a smaller learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        history.steps.append(step)
+        history.train_loss.append(loss.item())
+        if eval_every and (i + 1) % eval_every == 0 and i + 1 < steps:
+            run_eval(step)
+        if hasattr(bar, "set_postfix") and i % 10 == 0:
+            bar.set_postfix(loss=f"{history.smoothed()[-1]:.3f}")
+        if plot is not None:
+            plot.update(history, i)
+    run_eval(start_step + steps - 1)
+    history.seconds += time.perf_counter() - started
+    model.eval()
+    if plot is not None:
+        plot.close(history)
+    return history
