@@ -109,3 +109,11 @@ def test_bert_checkpoint_missing_a_layer_names_it(hf_bert_mlm):
     cfg.num_layers = 3
     with pytest.raises(WeightMismatchError, match=r"no 'encoder\.layer\.2\.attention\.self\.query\.weight'"):
         BertEncoder(cfg).load_bert_state_dict(hf_bert_mlm.state_dict())
+
+
+@pytest.mark.parametrize("flag, value", [("scale_attn_weights", False), ("scale_attn_by_inverse_layer_idx", True),
+                                         ("reorder_and_upcast_attn", True)])
+def test_gpt_refuses_gpt2_attention_variants_it_does_not_implement(flag, value):
+    cfg = transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, **{flag: value})
+    with pytest.raises(ValueError, match=flag):
+        GPTConfig.from_hf(cfg)

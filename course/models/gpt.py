@@ -48,6 +48,11 @@ class GPTConfig:
         act = getattr(hf_config, "activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"only GPT-2's tanh GELU is supported, the checkpoint uses {act!r}")
+        for flag, plain in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                            ("reorder_and_upcast_attn", False)):
+            if getattr(hf_config, flag, plain) != plain:
+                raise ValueError(f"the checkpoint sets {flag}={not plain}; this GPT implements plain GPT-2 "
+                                 f"attention ({flag}={plain}) and would give different logits")
         return cls(vocab_size=hf_config.vocab_size, context_length=hf_config.n_positions,
                    d_model=hf_config.n_embd, num_heads=hf_config.n_head, num_layers=hf_config.n_layer,
                    d_ff=hf_config.n_inner or 4 * hf_config.n_embd, eps=hf_config.layer_norm_epsilon)
