@@ -56,7 +56,8 @@ def benchmark(
     for _ in range(warmup):
         fn()
     synchronize(device)
-    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, label=label)
+    # Timer defaults to one thread; time with the threads the learner's own code would use.
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, label=label, num_threads=torch.get_num_threads())
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
     where = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     return Timing(

@@ -1,0 +1,211 @@
+"""course.efficient: every from-scratch piece against PyTorch's own attention, softmax and GPT."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course import efficient as ef
+from course.seed import seed_everything
+
+
+def qkv(*shape, d_v=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(*shape, generator=g)
+    k = torch.randn(*shape, generator=g)
+    v = torch.randn(*shape[:-1], d_v or shape[-1], generator=g)
+    return q, k, v
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_naive_attention_matches_torch_sdpa(causal):
+    q, k, v = qkv(2, 3, 37, 16)
+    torch.testing.assert_close(ef.naive_attention(q, k, v, causal=causal),
+                               F.scaled_dot_product_attention(q, k, v, is_causal=causal), atol=1e-6, rtol=1e-5)  # float32
+
+
+def test_naive_attention_rejects_mismatched_shapes_naming_them():
+    q, k, v = qkv(1, 2, 8, 16)
+    with pytest.raises(ValueError, match=r"q \(1, 2, 8, 16\), k \(1, 2, 8, 8\)"):
+        ef.naive_attention(q, k[..., :8], v)
+
+
+def test_attention_flops_follows_the_issue_orientation_figure():
+    # 4 * b * h * n^2 * d for the forward; the issue's 12 ms naive at 4096 tokens is ~46 TFLOP/s.
+    flops = ef.attention_flops(4, 16, 4096, 128)
+    assert flops == 4 * 4 * 16 * 4096 ** 2 * 128
+    assert abs(flops / 12e-3 / 1e12 - 45.8) < 0.1
+    assert ef.attention_flops(4, 16, 4096, 128, causal=True) == flops / 2
+    assert ef.attention_flops(4, 16, 4096, 128, backward=True) == flops * 3.5
+    with pytest.raises(ValueError, match="seq"):
+        ef.attention_flops(1, 1, 0, 8)
+
+
+def test_fit_power_law_recovers_a_known_slope():
+    sizes = [64, 128, 256, 512]
+    slope, c = ef.fit_power_law(sizes, [3.0 * n ** 2 for n in sizes])
+    assert abs(slope - 2) < 1e-9 and abs(c - 3) < 1e-6
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 50, 64])
+def test_online_softmax_equals_torch_softmax(block):
+    x = torch.randn(4, 50, generator=torch.Generator().manual_seed(1)) * 20
+    torch.testing.assert_close(ef.online_softmax(x, block), torch.softmax(x, -1), atol=1e-6, rtol=1e-5)  # float32
+
+
+def test_online_softmax_update_over_all_blocks_gives_attention():
+    q, k, v = qkv(2, 4, 10, 8, d_v=6)
+    m, l, acc = ef.init_online_state(q, 6)
+    for start in range(0, 10, 4):
+        s = q @ k[..., start:start + 4, :].transpose(-2, -1) / 8 ** 0.5
+        m, l, acc = ef.online_softmax_update(m, l, acc, s, v[..., start:start + 4, :])
+    torch.testing.assert_close(acc / l, F.scaled_dot_product_attention(q, k, v), atol=1e-6, rtol=1e-5)  # float32
+
+
+def test_online_softmax_update_keeps_a_fully_masked_block_harmless():
+    m, l, acc = ef.init_online_state(torch.zeros(3, 4), 2)
+    s = torch.full((3, 5), float("-inf"))
+    m2, l2, acc2 = ef.online_softmax_update(m, l, acc, s, torch.randn(5, 2))
+    assert torch.isinf(m2).all() and torch.equal(l2, l) and torch.equal(acc2, acc)
+
+
+def test_online_softmax_update_rejects_mismatched_blocks():
+    m, l, acc = ef.init_online_state(torch.zeros(3, 4), 2)
+    with pytest.raises(ValueError, match="scores_block"):
+        ef.online_softmax_update(m, l, acc, torch.zeros(3, 5), torch.zeros(4, 2))
+
+
+def test_tiled_attention_keys_matches_torch_sdpa():
+    q, k, v = qkv(2, 3, 13, 8, d_v=5)
+    torch.testing.assert_close(ef.tiled_attention_keys(q, k, v, 4), F.scaled_dot_product_attention(q, k, v),
+                               atol=1e-6, rtol=1e-5)  # float32
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("block, block_k", [(8, None), (5, 7), (64, None), (1, 1)])
+def test_flash_attention_torch_matches_torch_sdpa(causal, block, block_k):
+    q, k, v = qkv(2, 3, 37, 16)
+    ours = ef.flash_attention_torch(q, k, v, block, causal=causal, block_size_k=block_k)
+    torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+                               atol=1e-6, rtol=1e-5)  # float32
+
+
+def test_flash_attention_torch_handles_more_queries_than_keys_and_bf16():
+    q, k, v = qkv(1, 2, 20, 16)
+    k, v = k[..., :9, :], v[..., :9, :]
+    for causal in (False, True):
+        torch.testing.assert_close(ef.flash_attention_torch(q, k, v, 4, causal=causal),
+                                   F.scaled_dot_product_attention(q, k, v, is_causal=causal), atol=1e-6, rtol=1e-5)
+    qb, kb, vb = (t.bfloat16() for t in qkv(1, 2, 33, 16))
+    torch.testing.assert_close(ef.flash_attention_torch(qb, kb, vb, 8).float(),
+                               F.scaled_dot_product_attention(qb.float(), kb.float(), vb.float()),
+                               atol=2e-2, rtol=2e-2)  # bfloat16 inputs and output, float32 inside
+
+
+def test_flash_attention_torch_never_forms_the_square_matrix():
+    """The memory tracker sees naive attention's n x n tensors and no such tensor in the tiled one."""
+    q, k, v = qkv(1, 2, 256, 16)
+    square = 1 * 2 * 256 * 256 * 4
+    assert ef.measure_peak_bytes(lambda: ef.naive_attention(q, k, v)) >= 2 * square
+    assert ef.measure_peak_bytes(lambda: ef.flash_attention_torch(q, k, v, 32)) < square / 2
+
+
+def test_memory_accounting_grows_as_n_squared_for_naive_and_linearly_for_tiled():
+    naive = [ef.naive_attention_bytes(1, 4, n, 64) for n in (512, 1024, 2048)]
+    tiled = [ef.tiled_attention_bytes(1, 4, n, 64) for n in (512, 1024, 2048)]
+    assert ef.fit_power_law([512, 1024, 2048], naive)[0] > 1.8
+    assert ef.fit_power_law([512, 1024, 2048], tiled)[0] < 1.05
+    assert naive[0] == 2 * 4 * 512 * 512 * 4 + 4 * 512 * 64 * 4
+
+
+def test_memory_tracker_counts_a_tensor_once_and_frees_it():
+    with ef.TensorMemoryTracker() as tr:
+        a = torch.ones(1000)          # 4000 bytes
+        b = a.view(10, 100)           # a view: no new storage
+        del a, b
+        c = torch.ones(500)           # 2000 bytes, after the first was freed
+    assert tr.peak_bytes == 4000 and tr.current == 2000
+    del c
+
+
+def test_sliding_window_mask_is_symmetric_band():
+    mask = ef.sliding_window_mask(6, 1)
+    assert mask.dtype == torch.bool and torch.equal(mask, mask.T)
+    assert mask.sum(1).tolist() == [2, 3, 3, 3, 3, 2]
+    assert torch.equal(ef.sliding_window_mask(4, 0), torch.eye(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="w must be non-negative"):
+        ef.sliding_window_mask(4, -1)
+
+
+def test_bigbird_mask_has_window_global_and_seeded_random_links():
+    mask = ef.bigbird_mask(32, window=2, num_global=2, num_random=3, seed=0)
+    assert mask[:2].all() and mask[:, :2].all()
+    assert (mask & ef.sliding_window_mask(32, 2)).sum() == ef.sliding_window_mask(32, 2).sum()
+    assert torch.equal(mask, ef.bigbird_mask(32, 2, 2, 3, seed=0))
+    assert not torch.equal(mask, ef.bigbird_mask(32, 2, 2, 3, seed=1))
+    assert (mask.sum(1) >= 3).all()
+    with pytest.raises(ValueError, match="num_global"):
+        ef.bigbird_mask(4, 1, 5, 0)
+
+
+def test_lsh_buckets_put_a_vector_and_its_positive_multiple_together():
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    b1, b2 = ef.lsh_buckets(x, 8), ef.lsh_buckets(3 * x, 8)
+    assert torch.equal(b1, b2) and b1.min() >= 0 and b1.max() < 8
+    assert not torch.equal(ef.lsh_buckets(-x, 8), b1)
+    mask = ef.lsh_mask(x, 8)
+    assert torch.equal(mask, mask.T) and mask.diagonal().all()
+    assert 0 < ef.mask_density(mask) < 1
+    with pytest.raises(ValueError, match="even"):
+        ef.lsh_buckets(x, 3)
+
+
+def test_sparse_masks_in_torch_sdpa_match_our_masked_attention():
+    from course.attention import scaled_dot_product_attention
+    q, k, v = qkv(1, 2, 24, 8)
+    mask = ef.bigbird_mask(24, 2, 1, 2)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask)[0],
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-6, rtol=1e-5)
+
+
+def test_kv_cache_appends_along_the_sequence_and_reports_errors():
+    cache = ef.KVCache(max_length=5)
+    k1 = torch.randn(2, 3, 2, 4)
+    keys, values = cache.append(k1, k1 + 1)
+    assert len(cache) == 2 and keys.shape == (2, 3, 2, 4)
+    k2 = torch.randn(2, 3, 1, 4)
+    keys, values = cache.append(k2, k2 + 1)
+    assert cache.length == 3 and torch.equal(keys[:, :, 2:], k2) and torch.equal(values[:, :, :2], k1 + 1)
+    with pytest.raises(ValueError, match="cache full"):
+        cache.append(torch.randn(2, 3, 3, 4), torch.randn(2, 3, 3, 4))
+    with pytest.raises(ValueError, match="do not fit the cache"):
+        cache.append(torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4))
+    with pytest.raises(ValueError, match="max_length"):
+        ef.KVCache(0)
+
+
+def _tiny_gpt():
+    from course.models import GPT, GPTConfig
+    seed_everything(0)
+    return GPT(GPTConfig(vocab_size=50, context_length=32, d_model=32, num_heads=4, num_layers=2)).eval()
+
+
+def test_cached_gpt_forward_equals_uncached_logits():
+    model = _tiny_gpt()
+    idx = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(idx)
+        caches = [ef.KVCache(32) for _ in model.blocks]
+        parts = [ef.gpt_forward_cached(model, idx[:, :5], caches)]
+        parts += [ef.gpt_forward_cached(model, idx[:, t:t + 1], caches) for t in range(5, 12)]
+    assert (torch.cat(parts, dim=1) - full).abs().max() < 1e-5
+
+
+def test_greedy_decode_with_and_without_cache_gives_the_same_tokens():
+    model = _tiny_gpt()
+    prompt = torch.randint(0, 50, (1, 4), generator=torch.Generator().manual_seed(1))
+    a = ef.greedy_decode(model, prompt, 10, use_cache=True)
+    b = ef.greedy_decode(model, prompt, 10, use_cache=False)
+    assert a.shape == (1, 14) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="context"):
+        ef.greedy_decode(model, prompt, 40)
