@@ -74,3 +74,35 @@ WIDGET_HELP = {
     "colab": "Colab: ipywidgets render natively. For third-party widgets run "
     "`from google.colab import output; output.enable_custom_widget_manager()`.",
 }
+
+
+def hub_reachable(timeout: float = 2.0, host: str = "huggingface.co") -> bool:
+    """True if ``https://<host>/`` (the Hugging Face Hub) answers within ``timeout`` seconds.
+
+    False at once when ``HF_HUB_OFFLINE=1`` or ``TRANSFORMERS_OFFLINE=1``. Any HTTP answer counts, even
+    an error status; no answer (no DNS, no route, a firewall) does not. The probe runs in a thread, so a
+    slow DNS lookup on a flaky network cannot hold a lesson up for longer than ``timeout + 1`` s.
+    Optional online paths call this first and otherwise print one line and carry on.
+    """
+    import os
+    import threading
+    import urllib.error
+    import urllib.request
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+        return False
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"https://{host}/", method="HEAD"), timeout=timeout).close()
+            answer.append(True)
+        except urllib.error.HTTPError:
+            answer.append(True)  # the server answered, if only to refuse
+        except (OSError, ValueError):
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1)
+    return bool(answer)

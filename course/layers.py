@@ -265,18 +265,25 @@ class TransformerBlock(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
 
-    def _attend(self, h: Tensor, mask: Tensor | None) -> Tensor:
-        return self.dropout1(self.self_attn(h, h, h, mask=mask))
-
     def _feed_forward(self, h: Tensor) -> Tensor:
         return self.dropout2(self.ffn(h))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False):
+        """-> ``[batch, seq, d_model]``; with ``need_weights=True`` also the attention weights
+        ``[batch, heads, seq, seq]``, as ``(output, weights)``."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"TransformerBlock(d_model={self.d_model}) expects x of shape "
                              f"[batch, seq, {self.d_model}], got {tuple(x.shape)}")
-        x = sublayer_connection(x, lambda h: self._attend(h, mask), self.norm1, self.norm_first)
-        return sublayer_connection(x, self._feed_forward, self.norm2, self.norm_first)
+        kept: list[Tensor] = []
+
+        def attend(h: Tensor) -> Tensor:
+            out, weights = self.self_attn(h, h, h, mask=mask, need_weights=True)
+            kept.append(weights)
+            return self.dropout1(out)
+
+        x = sublayer_connection(x, attend, self.norm1, self.norm_first)
+        x = sublayer_connection(x, self._feed_forward, self.norm2, self.norm_first)
+        return (x, kept[0]) if need_weights else x
 
 
 # ---------------------------------------------------------------------------------------------

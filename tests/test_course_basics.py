@@ -59,3 +59,26 @@ def test_environment_report_lists_core_versions_and_extras():
     assert installed_version("surely-not-a-real-package-xyz") is None
     table = format_table(optional_extras(), with_purpose=True)
     assert "triton" in table and ("not installed" in table or "." in table)
+
+
+def test_hub_reachable_answers_false_at_once_when_offline_is_set(monkeypatch):
+    import time
+
+    from course.env import hub_reachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    assert hub_reachable(timeout=5) is False
+    assert time.perf_counter() - started < 0.5
+
+
+def test_hub_reachable_is_false_for_a_host_that_does_not_resolve(monkeypatch):
+    import time
+
+    from course.env import hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    started = time.perf_counter()
+    assert hub_reachable(timeout=0.5, host="no-such-host.invalid") is False   # .invalid never resolves
+    assert time.perf_counter() - started < 2.5

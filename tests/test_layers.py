@@ -287,3 +287,16 @@ def test_count_parameters_counts_shared_tensors_once_and_can_skip_frozen_ones():
     assert count_parameters(model) == 20
     lin.bias.requires_grad_(False)
     assert count_parameters(model, trainable_only=True) == 16
+
+
+def test_block_returns_the_attention_weights_it_used_when_asked():
+    seed_everything(0)
+    block = TransformerBlock(16, 4, 32).eval()
+    x = torch.randn(2, 5, 16)
+    mask = causal_mask(5)
+    out, weights = block(x, mask=mask, need_weights=True)
+    torch.testing.assert_close(out, block(x, mask=mask), atol=0, rtol=0)   # same arithmetic, same numbers
+    h = block.norm1(x)                                                       # pre-norm: attention sees norm1(x)
+    _, expected = block.self_attn(h, h, h, mask=mask, need_weights=True)
+    torch.testing.assert_close(weights, expected, atol=0, rtol=0)
+    assert weights.shape == (2, 4, 5, 5) and bool((weights.triu(1) == 0).all())

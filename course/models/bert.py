@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from course.layers import LayerNorm, TransformerBlock, sublayer_connection
+from course.layers import LayerNorm, TransformerBlock
 from course.models.weights import Step, load_plan
 
 
@@ -55,7 +55,8 @@ class BertConfig:
 
 
 class BertEncoder(nn.Module):
-    """``forward(input_ids [b, s], attention_mask=None, token_type_ids=None) -> hidden [b, s, d]``.
+    """``forward(input_ids [b, s], attention_mask=None, token_type_ids=None) -> hidden [b, s, d]``;
+    with ``need_weights=True`` it returns ``(hidden, [attention weights [b, heads, s, s] per layer])``.
 
     ``attention_mask`` is 1 (or True) for real tokens and 0 for padding, as in Hugging Face; by
     default every position whose id is not ``pad_id`` is attended to.
@@ -119,15 +120,8 @@ class BertEncoder(nn.Module):
 
 
 def _block_with_weights(block: TransformerBlock, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """``block(x, mask)`` that also returns its attention weights ``[b, heads, s, s]`` (same arithmetic)."""
-    kept = {}
-
-    def attend(h: Tensor) -> Tensor:
-        out, kept["weights"] = block.self_attn(h, h, h, mask=mask, need_weights=True)
-        return block.dropout1(out)
-
-    x = sublayer_connection(x, attend, block.norm1, block.norm_first)
-    return sublayer_connection(x, block._feed_forward, block.norm2, block.norm_first), kept["weights"]
+    """``block(x, mask)`` that also returns its attention weights ``[b, heads, s, s]``."""
+    return block(x, mask=mask, need_weights=True)
 
 
 def _init_bert(module: nn.Module) -> None:
