@@ -19,7 +19,6 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 

@@ -20,11 +20,7 @@ from course.checks import ExerciseFailed
 from course.checks import attention as ca
 
 
-@pytest.fixture(autouse=True)
-def lenient(monkeypatch):
-    """Checkers return their result instead of raising, so the tests can read the line."""
-    monkeypatch.setenv("COURSE_STRICT_CHECKS", "0")
-    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+pytestmark = pytest.mark.usefixtures("lenient_checks")
 
 
 def one_line(result) -> str:

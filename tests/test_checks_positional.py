@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from checker_assertions import assert_fails_with
 from course.checks.core import NOT_ATTEMPTED, PASSED
 from course.checks.positional import (
     check_apply_rope,
@@ -20,17 +21,9 @@ from course.checks.positional import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    """Checkers return their result instead of raising (the suite turns strict mode on)."""
-    monkeypatch.setenv("COURSE_STRICT_CHECKS", "0")
-    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+pytestmark = pytest.mark.usefixtures("lenient_checks")
 
 
-def _assert_fails_with(result, words):
-    assert not result.passed, result.line
-    assert words in result.line, result.line
-    assert "\n" not in result.line
 
 
 # ------------------------------------------------------------------------------------ sinusoidal
@@ -82,12 +75,12 @@ def test_correct_sinusoidal_passes_two_ways():
 @pytest.mark.parametrize("name", list(WRONG_SINUSOIDAL))
 def test_each_wrong_sinusoidal_fails_with_its_hint(name):
     fn, words = WRONG_SINUSOIDAL[name]
-    _assert_fails_with(check_sinusoidal_encoding(fn), words)
+    assert_fails_with(check_sinusoidal_encoding(fn), words)
 
 
 def test_sinusoidal_wrong_shape_and_raising_give_one_line():
-    _assert_fails_with(check_sinusoidal_encoding(lambda n, d: correct_sinusoidal(n, d).T), "has shape (4, 5), expected (5, 4)")
-    _assert_fails_with(check_sinusoidal_encoding(lambda n, d: torch.zeros(n, d)[:, 99]), "raised IndexError")
+    assert_fails_with(check_sinusoidal_encoding(lambda n, d: correct_sinusoidal(n, d).T), "has shape (4, 5), expected (5, 4)")
+    assert_fails_with(check_sinusoidal_encoding(lambda n, d: torch.zeros(n, d)[:, 99]), "raised IndexError")
 
 
 def test_sinusoidal_not_attempted():
@@ -123,11 +116,11 @@ def test_correct_offset_matrix_passes():
 @pytest.mark.parametrize("name", list(WRONG_OFFSET))
 def test_each_wrong_offset_matrix_fails_with_its_hint(name):
     fn, words = WRONG_OFFSET[name]
-    _assert_fails_with(check_relative_offset_matrix(fn), words)
+    assert_fails_with(check_relative_offset_matrix(fn), words)
 
 
 def test_offset_matrix_wrong_shape_gives_one_line():
-    _assert_fails_with(check_relative_offset_matrix(lambda k, d: offset_loops(k, d)[:, :-1]), "has shape (4, 3)")
+    assert_fails_with(check_relative_offset_matrix(lambda k, d: offset_loops(k, d)[:, :-1]), "has shape (4, 3)")
 
 
 # ------------------------------------------------------------------------------------ RoPE
@@ -175,17 +168,17 @@ def test_correct_rope_passes_two_ways():
 @pytest.mark.parametrize("name", list(WRONG_ROPE))
 def test_each_wrong_rope_fails_with_its_hint(name):
     fn, words = WRONG_ROPE[name]
-    _assert_fails_with(check_apply_rope(fn), words)
+    assert_fails_with(check_apply_rope(fn), words)
 
 
 def test_rope_raising_and_in_place_give_one_line():
-    _assert_fails_with(check_apply_rope(lambda x: x.view(-1, 3)), "raised RuntimeError")
+    assert_fails_with(check_apply_rope(lambda x: x.view(-1, 3)), "raised RuntimeError")
 
     def rope_in_place(x):
         x.mul_(1.0)
         x[..., 0] = 0
         return x
-    _assert_fails_with(check_apply_rope(rope_in_place), "in place")
+    assert_fails_with(check_apply_rope(rope_in_place), "in place")
 
 
 # ------------------------------------------------------------------------------------ permutation gap
@@ -210,14 +203,14 @@ def test_correct_permutation_gap_passes():
 @pytest.mark.parametrize("name", list(WRONG_GAP))
 def test_each_wrong_permutation_gap_fails_with_its_hint(name):
     fn, words = WRONG_GAP[name]
-    _assert_fails_with(check_permutation_gap(fn), words)
+    assert_fails_with(check_permutation_gap(fn), words)
 
 
 def test_permutation_gap_wrong_type_and_raising_give_one_line():
-    _assert_fails_with(check_permutation_gap(lambda f, x, perm: float(correct_gap(f, x, perm))),
+    assert_fails_with(check_permutation_gap(lambda f, x, perm: float(correct_gap(f, x, perm))),
                        "gap should be a torch.Tensor, got float")
-    _assert_fails_with(check_permutation_gap(lambda f, x, perm: correct_gap(f, x[perm], perm)), "raised IndexError")
-    _assert_fails_with(check_permutation_gap(lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs()),
+    assert_fails_with(check_permutation_gap(lambda f, x, perm: correct_gap(f, x[perm], perm)), "raised IndexError")
+    assert_fails_with(check_permutation_gap(lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs()),
                        "gap has shape")
 
 

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from course.checks.core import FAILED, NOT_ATTEMPTED
+from checker_assertions import assert_fails_with
+from course.checks.core import NOT_ATTEMPTED
 from course.checks.rnn import check_gradient_reach, check_rnn_step, check_self_attend, check_sequential_steps
 from course.rnn import gradient_reach, rnn_step, sequential_steps
 
@@ -18,10 +19,6 @@ def _run(checker, fn):
     return checker(fn, strict=False)
 
 
-def _one_line_failure(result, words):
-    assert result.status == FAILED, result.line
-    assert words in result.line, result.line
-    assert "\n" not in result.line
 
 
 # --- one RNN step -------------------------------------------------------------------------------
@@ -50,16 +47,16 @@ def test_correct_rnn_step_and_the_course_version_pass():
 @pytest.mark.parametrize("name", list(WRONG_RNN_STEPS))
 def test_each_wrong_rnn_step_fails_with_its_hint(name):
     fn, words = WRONG_RNN_STEPS[name]
-    _one_line_failure(_run(check_rnn_step, fn), words)
+    assert_fails_with(_run(check_rnn_step, fn), words)
 
 
 def test_rnn_step_of_the_wrong_shape_gets_a_one_line_message():
-    _one_line_failure(_run(check_rnn_step, lambda x, h, Wx, Wh, b: correct_rnn_step(x, h, Wx, Wh, b).sum(0)),
+    assert_fails_with(_run(check_rnn_step, lambda x, h, Wx, Wh, b: correct_rnn_step(x, h, Wx, Wh, b).sum(0)),
                       "h_t has shape (4,), expected (3, 4)")
 
 
 def test_rnn_step_that_raises_gets_a_one_line_message():
-    _one_line_failure(_run(check_rnn_step, lambda x, h, Wx, Wh, b: x.reshape(7, -1)), "raised RuntimeError")
+    assert_fails_with(_run(check_rnn_step, lambda x, h, Wx, Wh, b: x.reshape(7, -1)), "raised RuntimeError")
 
 
 def test_unattempted_rnn_step_says_not_attempted_yet():
@@ -74,7 +71,7 @@ def test_rnn_step_that_updates_h_in_place_is_caught():
         h.mul_(0)
         return correct_rnn_step(x, h, Wx, Wh, b)
 
-    _one_line_failure(_run(check_rnn_step, in_place), "changed its input in place")
+    assert_fails_with(_run(check_rnn_step, in_place), "changed its input in place")
 
 
 # --- attention in one product ---------------------------------------------------------------------
@@ -100,15 +97,15 @@ def test_correct_self_attend_passes():
 @pytest.mark.parametrize("name", list(WRONG_ATTENDS))
 def test_each_wrong_self_attend_fails_with_its_hint(name):
     fn, words = WRONG_ATTENDS[name]
-    _one_line_failure(_run(check_self_attend, fn), words)
+    assert_fails_with(_run(check_self_attend, fn), words)
 
 
 def test_self_attend_with_the_product_the_wrong_way_round_gets_a_shape_hint():
-    _one_line_failure(_run(check_self_attend, lambda x: torch.softmax(x.T @ x, dim=-1) @ x), "shapes do not line up")
+    assert_fails_with(_run(check_self_attend, lambda x: torch.softmax(x.T @ x, dim=-1) @ x), "shapes do not line up")
 
 
 def test_self_attend_over_features_instead_of_positions_gets_the_shape_in_one_line():
-    _one_line_failure(_run(check_self_attend, lambda x: x @ torch.softmax(x.transpose(-2, -1) @ x, dim=-1)),
+    assert_fails_with(_run(check_self_attend, lambda x: x @ torch.softmax(x.transpose(-2, -1) @ x, dim=-1)),
                       "Largest error")  # same shape, different values: no known mistake, still one line
 
 
@@ -129,17 +126,17 @@ def test_correct_sequential_steps_passes():
 @pytest.mark.parametrize("name", list(WRONG_STEPS))
 def test_each_wrong_step_count_fails_with_its_hint(name):
     fn, words = WRONG_STEPS[name]
-    _one_line_failure(_run(check_sequential_steps, fn), words)
+    assert_fails_with(_run(check_sequential_steps, fn), words)
 
 
 def test_step_count_returned_as_a_float_gets_a_one_line_message():
-    _one_line_failure(_run(check_sequential_steps, lambda k, n, L: float(sequential_steps(k, n, L))),
+    assert_fails_with(_run(check_sequential_steps, lambda k, n, L: float(sequential_steps(k, n, L))),
                       "should return an int, got float")
 
 
 def test_step_count_with_both_kinds_wrong_names_the_first_one_found():
     # rnn: n * L and attention: n. Case 2 (attention, 10, 1) fails first, rnn still agrees there.
-    _one_line_failure(_run(check_sequential_steps, lambda k, n, L: n * L if k == "rnn" else n),
+    assert_fails_with(_run(check_sequential_steps, lambda k, n, L: n * L if k == "rnn" else n),
                       "whatever seq_len is")
 
 
@@ -179,9 +176,9 @@ def test_correct_gradient_reach_and_the_course_version_pass():
 @pytest.mark.parametrize("name", list(WRONG_REACHES))
 def test_each_wrong_gradient_reach_fails_with_its_hint(name):
     fn, words = WRONG_REACHES[name]
-    _one_line_failure(_run(check_gradient_reach, fn), words)
+    assert_fails_with(_run(check_gradient_reach, fn), words)
 
 
 def test_gradient_reach_over_the_wrong_dimension_gets_the_shape_in_one_line():
-    _one_line_failure(_run(check_gradient_reach, _reach(lambda o: o[-1], lambda g: g.norm(dim=0))),
+    assert_fails_with(_run(check_gradient_reach, _reach(lambda o: o[-1], lambda g: g.norm(dim=0))),
                       "output has shape (3,), expected (6,)")

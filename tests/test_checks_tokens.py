@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from checker_assertions import assert_fails_with
 from course.checks.core import FAILED, NOT_ATTEMPTED, PASSED
 from course.checks.tokens import (
     check_merge,
@@ -20,10 +21,6 @@ def _run(checker, fn):
     return checker(fn, strict=False)
 
 
-def _one_line_failure(result, words):
-    assert result.status == FAILED, result.line
-    assert words in result.line, result.line
-    assert "\n" not in result.line
 
 
 # --- pair counts --------------------------------------------------------------------------------
@@ -72,16 +69,16 @@ def test_a_counter_is_accepted_as_a_dict():
 @pytest.mark.parametrize("name", list(WRONG_PAIR_COUNTS))
 def test_each_wrong_pair_count_fails_with_its_hint(name):
     fn, words = WRONG_PAIR_COUNTS[name]
-    _one_line_failure(_run(check_pair_counts, fn), words)
+    assert_fails_with(_run(check_pair_counts, fn), words)
 
 
 def test_pair_counts_of_the_wrong_type_get_a_one_line_message():
-    _one_line_failure(_run(check_pair_counts, lambda ids: list(zip(ids, ids[1:]))), "should return a dict, got list")
+    assert_fails_with(_run(check_pair_counts, lambda ids: list(zip(ids, ids[1:]))), "should return a dict, got list")
 
 
 def test_pair_counts_failure_names_the_first_difference():
     result = _run(check_pair_counts, lambda ids: {**correct_pair_counts(ids), (0, 0): 1})
-    _one_line_failure(result, "(0, 0) should not be there")
+    assert_fails_with(result, "(0, 0) should not be there")
 
 
 # --- merge --------------------------------------------------------------------------------------
@@ -174,15 +171,15 @@ def test_correct_merge_and_the_course_version_pass():
 @pytest.mark.parametrize("name", list(WRONG_MERGES))
 def test_each_wrong_merge_fails_with_its_hint(name):
     fn, words = WRONG_MERGES[name]
-    _one_line_failure(_run(check_merge, fn), words)
+    assert_fails_with(_run(check_merge, fn), words)
 
 
 def test_merge_returning_a_string_gets_a_one_line_message():
-    _one_line_failure(_run(check_merge, lambda ids, pair, new_id: str(ids)), "should return a list, got str")
+    assert_fails_with(_run(check_merge, lambda ids, pair, new_id: str(ids)), "should return a list, got str")
 
 
 def test_merge_that_raises_gets_a_one_line_message_naming_the_case():
-    _one_line_failure(_run(check_merge, lambda ids, pair, new_id: ids[len(ids)]), "raised IndexError")
+    assert_fails_with(_run(check_merge, lambda ids, pair, new_id: ids[len(ids)]), "raised IndexError")
 
 
 def test_unattempted_merge_says_not_attempted_yet():
@@ -194,7 +191,7 @@ def test_unattempted_merge_says_not_attempted_yet():
 
 
 def test_passing_the_result_instead_of_the_function_is_explained():
-    _one_line_failure(_run(check_merge, [1, 2]), "pass the function itself")
+    assert_fails_with(_run(check_merge, [1, 2]), "pass the function itself")
 
 
 # --- embedding lookup ----------------------------------------------------------------------------
@@ -218,17 +215,17 @@ def test_correct_embedding_and_a_direct_row_lookup_pass():
 @pytest.mark.parametrize("name", list(WRONG_EMBEDDINGS))
 def test_each_wrong_embedding_fails_with_its_hint(name):
     fn, words = WRONG_EMBEDDINGS[name]
-    _one_line_failure(_run(check_one_hot_embedding, fn), words)
+    assert_fails_with(_run(check_one_hot_embedding, fn), words)
 
 
 def test_embedding_of_the_wrong_shape_gets_a_one_line_message():
-    _one_line_failure(_run(check_one_hot_embedding, lambda ids, W: W), "has shape (5, 5), expected (2, 3, 5)")
+    assert_fails_with(_run(check_one_hot_embedding, lambda ids, W: W), "has shape (5, 5), expected (2, 3, 5)")
 
 
 def test_embedding_of_the_wrong_type_gets_a_one_line_message():
-    _one_line_failure(_run(check_one_hot_embedding, lambda ids, W: W[ids].numpy()), "should be a torch.Tensor")
+    assert_fails_with(_run(check_one_hot_embedding, lambda ids, W: W[ids].numpy()), "should be a torch.Tensor")
     # core.check_function reads a returned list as several outputs:
-    _one_line_failure(_run(check_one_hot_embedding, lambda ids, W: W[ids].tolist()), "returned 2 value(s)")
+    assert_fails_with(_run(check_one_hot_embedding, lambda ids, W: W[ids].tolist()), "returned 2 value(s)")
 
 
 # --- the value checker itself ---------------------------------------------------------------------

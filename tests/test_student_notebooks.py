@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from utils.build_student import BEGIN, END, MarkerError, build, strip_solutions, student_version
+from utils.build_student import BEGIN, END, MarkerError, build, strip_solutions
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
