@@ -19,8 +19,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Each xdist worker runs its own kernel; share the cores between them instead of letting every
 # kernel start one thread per core. Oversubscribed OpenMP threads spin-wait and can make small
 # models train ten times slower.
-_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+# Only workers set it (the controller's environment is what workers inherit, so it must stay unset there).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
 ROOT = Path(__file__).resolve().parent
 BUDGET_S = 180.0
