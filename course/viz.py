@@ -24,6 +24,13 @@ __all__ = [
     "attention_heads",
     "AttentionExplorer",
     "attention_explorer",
+    "attention_rollout",
+    "VIEWS",
+    "MEAN_OF_HEADS",
+    "ALL_ROWS",
+    "validate_choice",
+    "ModelExplorer",
+    "model_explorer",
 ]
 
 ALLOWED_PUNCTUATION = ".,!?'-"
@@ -203,3 +210,315 @@ def attention_explorer(attend_fn: Callable[[list[str]], torch.Tensor], sentence:
                        head_titles: Sequence[str] | None = None) -> AttentionExplorer:
     """Build an :class:`AttentionExplorer` (show it by ending a cell with it, or ``display(...)``)."""
     return AttentionExplorer(attend_fn, sentence=sentence, max_tokens=max_tokens, vocab=vocab, head_titles=head_titles)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention rollout (lesson 10)
+# ----------------------------------------------------------------------------------------------
+
+def attention_rollout(attentions, add_residual: bool = True, cumulative: bool = False) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020): how much each output position draws on each input token
+    once the layers are chained.
+
+    ``attentions``: ``[layers, heads, seq, seq]`` (or a list of ``[heads, seq, seq]`` / ``[1, heads, seq, seq]``,
+    one per layer, first layer first). Each layer's heads are averaged; with ``add_residual`` the residual
+    connection is counted as attention to oneself, ``A' = (A + I) / 2`` (rows still sum to 1); the layers
+    are then multiplied, later layers on the left: ``R = A'_L @ ... @ A'_1``.
+
+    Returns ``R [seq, seq]`` (row ``i``: how much output ``i`` draws on each input token; rows sum to 1),
+    or with ``cumulative=True`` the rollout after each layer, ``[layers, seq, seq]``.
+    """
+    if isinstance(attentions, (list, tuple)):
+        if not attentions:
+            raise ValueError("attention_rollout needs at least one layer")
+        layers = [a.squeeze(0) if a.dim() == 4 and a.shape[0] == 1 else a for a in attentions]
+        shapes = {tuple(a.shape) for a in layers}
+        if len(shapes) != 1:
+            raise ValueError(f"all layers must have the same shape [heads, seq, seq], got {sorted(shapes)}")
+        attentions = torch.stack(layers)
+    attentions = torch.as_tensor(attentions, dtype=torch.float32) if not isinstance(attentions, torch.Tensor) else attentions
+    if attentions.dim() != 4 or attentions.shape[-1] != attentions.shape[-2]:
+        raise ValueError(f"attention_rollout needs [layers, heads, seq, seq], got shape {tuple(attentions.shape)}")
+    per_layer = attentions.float().mean(1)  # [layers, seq, seq]
+    eye = torch.eye(per_layer.shape[-1], dtype=per_layer.dtype, device=per_layer.device)
+    if add_residual:
+        per_layer = 0.5 * per_layer + 0.5 * eye
+        per_layer = per_layer / per_layer.sum(-1, keepdim=True)
+    rollout, steps = eye, []
+    for a in per_layer:
+        rollout = a @ rollout
+        steps.append(rollout)
+    return torch.stack(steps) if cumulative else rollout
+
+
+# ----------------------------------------------------------------------------------------------
+# The lesson 10 explorer: a whole model, live
+# ----------------------------------------------------------------------------------------------
+
+VIEWS = ("one head", "all heads", "rollout")
+MEAN_OF_HEADS = -1  # the head choice that averages a layer's heads
+ALL_ROWS = -1  # the token choice that shows every row
+
+
+def validate_choice(layer, head, token, num_layers: int, num_heads: int, num_tokens: int,
+                    view: str = "one head") -> str:
+    """'' if (layer, head, token, view) can be drawn, else a one-line message naming the valid range.
+
+    ``head`` may be :data:`MEAN_OF_HEADS` (-1) and ``token`` :data:`ALL_ROWS` (-1).
+    """
+    def bad_int(x) -> bool:
+        return isinstance(x, bool) or not isinstance(x, (int, np.integer))
+
+    if view not in VIEWS:
+        return f"Unknown view {view!r}: choose one of {', '.join(VIEWS)}."
+    if bad_int(layer) or not 0 <= layer < num_layers:
+        return f"Layer {layer!r} is out of range: this model has layers 0 to {num_layers - 1}."
+    if bad_int(head) or not (head == MEAN_OF_HEADS or 0 <= head < num_heads):
+        return f"Head {head!r} is out of range: this model has heads 0 to {num_heads - 1} (or -1, their mean)."
+    if bad_int(token) or not (token == ALL_ROWS or 0 <= token < num_tokens):
+        return f"Token {token!r} is out of range: the sentence has tokens 0 to {num_tokens - 1} (or -1, all rows)."
+    return ""
+
+
+def _row_bars(ax, row: np.ndarray, tokens: Sequence[str], title: str) -> None:
+    """Where one token looks: a horizontal bar per key token."""
+    y = np.arange(len(tokens))
+    ax.barh(y, row, color="#3a6fb0")
+    ax.set_yticks(y, labels=list(tokens))
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("attention weight")
+    ax.set_title(title)
+    top = int(np.argmax(row))
+    ax.get_yticklabels()[top].set_fontweight("bold")
+
+
+def _mark_row(ax, i: int, n: int) -> None:
+    from matplotlib.patches import Rectangle
+    ax.add_patch(Rectangle((-0.5, i - 0.5), n, 1, fill=False, edgecolor="#d62728", linewidth=2))
+
+
+class ModelExplorer:
+    """Explore a model's attention live: type a sentence, choose a layer, a head and a token.
+
+    ``run_fn(words) -> (tokens, attentions)`` runs the model on the validated words and returns the
+    tokens it saw (special tokens included) and every layer's weights ``[layers, heads, seq, seq]``.
+    ``describe_fn(words) -> str`` (optional) adds one line, e.g. the model's answer.
+
+    Views: one head (or the mean of a layer's heads), all heads as a grid (layers x heads), and attention
+    rollout through the chosen layer. Picking a token (the row of buttons) draws where that token looks.
+    Everything is drawn to PNG in an ``ipywidgets.Image``: no JavaScript beyond ipywidgets, so it works
+    offline in JupyterLab, VS Code and Colab. Bad input (empty or too long text, unknown words, a layer,
+    head or token out of range, an exception in ``run_fn``) leaves a one-line ``message`` and keeps the
+    last picture; the widget keeps working. Attributes used by the tests: ``text``, ``view``, ``layer``,
+    ``head``, ``token``, ``message``, ``answer``, ``image``, ``tokens``, ``attentions``, ``widget``.
+    """
+
+    def __init__(self, run_fn: Callable[[list[str]], tuple[Sequence[str], torch.Tensor]], sentence: str = "",
+                 max_tokens: int = 16, vocab: Collection[str] | None = None,
+                 describe_fn: Callable[[list[str]], str] | None = None, layer: int = 0, head: int = 0,
+                 token: str | None = None, view: str = "one head", dpi: int = 72):
+        import ipywidgets as widgets
+
+        self.run_fn, self.describe_fn = run_fn, describe_fn
+        self.max_tokens, self.vocab, self.dpi = max_tokens, vocab, dpi
+        self.tokens: list[str] = []
+        self.attentions: np.ndarray | None = None  # [layers, heads, seq, seq]
+        self._busy = False
+        self.text = widgets.Text(value=sentence, description="Sentence:", continuous_update=False,
+                                 layout=widgets.Layout(width="95%"))
+        self.view = widgets.ToggleButtons(options=list(VIEWS), value=view, description="View:")
+        self.layer = widgets.Dropdown(options=[("layer 0", 0)], value=0, description="Layer:")
+        self.head = widgets.Dropdown(options=[("head 0", 0), ("mean of heads", MEAN_OF_HEADS)], value=0,
+                                     description="Head:")
+        self.token = widgets.ToggleButtons(options=[("all rows", ALL_ROWS)], value=ALL_ROWS,
+                                           description="Token:", style={"button_width": "auto"})
+        self.message = widgets.HTML(value="")
+        self.answer = widgets.HTML(value="")
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self.widget = widgets.VBox([self.text, widgets.HBox([self.layer, self.head]), self.view, self.token,
+                                    self.message, self.answer, self.image])
+        self.widget.add_class("course-explorer")
+        self.image.add_class("course-explorer-image")
+        self.text.add_class("course-explorer-text")
+        self.text.observe(lambda change: self.set_sentence(change["new"]), names="value")
+        for control in (self.view, self.layer, self.head, self.token):
+            control.observe(lambda change: self.redraw(), names="value")
+        self._wanted = (layer, head, token)
+        self.set_sentence(sentence)
+
+    # -- messages -------------------------------------------------------------------------------
+    def _say(self, line: str, ok: bool) -> None:
+        import html
+        colour = "#2a7a2a" if ok else "#b00020"
+        self.message.value = f'<span style="color:{colour}">{html.escape(line)}</span>'
+
+    @staticmethod
+    def _one_line(exc: Exception) -> str:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        return f"{type(exc).__name__}: {first}"
+
+    # -- the sentence ---------------------------------------------------------------------------
+    def set_sentence(self, text: str) -> bool:
+        """Validate ``text``, run the model, rebuild the token buttons and redraw. True if drawn."""
+        words, problem = validate_sentence(text, self.max_tokens, self.vocab)
+        if problem:
+            self._say(problem, ok=False)
+            return False
+        try:
+            tokens, attentions = self.run_fn(words)
+            attentions = _to_numpy(attentions)
+            if attentions.ndim != 4 or attentions.shape[-2:] != (len(tokens), len(tokens)):
+                raise ValueError(f"run_fn returned attentions of shape {attentions.shape}; expected "
+                                 f"(layers, heads, {len(tokens)}, {len(tokens)})")
+            answer = self.describe_fn(words) if self.describe_fn is not None else ""
+        except Exception as exc:  # one line, never a traceback; the last picture stays
+            self._say(f"The model could not run: {self._one_line(exc)}", ok=False)
+            return False
+        previous = self.tokens[self.token.value] if self.tokens and self.token.value != ALL_ROWS else None
+        self.tokens, self.attentions = list(tokens), attentions
+        self.answer.value = answer
+        self._busy = True  # rebuild the controls without redrawing at every change
+        try:
+            num_layers, num_heads = attentions.shape[:2]
+            self.layer.options = [(f"layer {i}", i) for i in range(num_layers)]
+            self.head.options = [(f"head {h}", h) for h in range(num_heads)] + [("mean of heads", MEAN_OF_HEADS)]
+            self.token.options = [("all rows", ALL_ROWS)] + [(f"{t}", i) for i, t in enumerate(self.tokens)]
+            if self._wanted is not None:  # the choices given to the constructor, applied once
+                layer, head, token = self._wanted
+                self._wanted = None
+                self.layer.value = min(max(layer, 0), num_layers - 1)
+                self.head.value = head if head == MEAN_OF_HEADS or 0 <= head < num_heads else 0
+                previous = token
+            self.token.value = self.tokens.index(previous) if previous in self.tokens else ALL_ROWS
+        finally:
+            self._busy = False
+        return self.redraw()
+
+    # -- choices --------------------------------------------------------------------------------
+    def select(self, layer=None, head=None, token=None, view=None) -> bool:
+        """Choose what to draw from code; out-of-range choices give a one-line message (nothing changes).
+
+        ``token`` may be an index or a token string (its first occurrence).
+        """
+        if self.attentions is None:
+            self._say("Type a sentence first.", ok=False)
+            return False
+        if isinstance(token, str):
+            if token not in self.tokens:
+                self._say(f"Token {token!r} is not in the sentence: {' '.join(self.tokens)}", ok=False)
+                return False
+            token = self.tokens.index(token)
+        new = (self.layer.value if layer is None else layer, self.head.value if head is None else head,
+               self.token.value if token is None else token, self.view.value if view is None else view)
+        problem = validate_choice(new[0], new[1], new[2], *self.attentions.shape[:2], len(self.tokens), view=new[3])
+        if problem:
+            self._say(problem, ok=False)
+            return False
+        self._busy = True
+        try:
+            self.layer.value, self.head.value, self.token.value, self.view.value = new
+        finally:
+            self._busy = False
+        return self.redraw()
+
+    # -- drawing --------------------------------------------------------------------------------
+    def current(self) -> tuple[np.ndarray, str]:
+        """The map being drawn ``[seq, seq]`` (for "all heads": the chosen head's map) and its title."""
+        layer, head = self.layer.value, self.head.value
+        if self.view.value == "rollout":
+            rolled = attention_rollout(torch.as_tensor(self.attentions), cumulative=True)[layer]
+            return rolled.numpy(), f"rollout through layer {layer}"
+        if head == MEAN_OF_HEADS:
+            return self.attentions[layer].mean(0), f"layer {layer}, mean of heads"
+        return self.attentions[layer, head], f"layer {layer}, head {head}"
+
+    def redraw(self) -> bool:
+        """Draw the current choice; True if a picture was drawn."""
+        if self._busy or self.attentions is None:
+            return False
+        problem = validate_choice(self.layer.value, self.head.value, self.token.value,
+                                  *self.attentions.shape[:2], len(self.tokens), view=self.view.value)
+        if problem:
+            self._say(problem, ok=False)
+            return False
+        try:
+            self.image.value = self._render()
+        except Exception as exc:
+            self._say(f"Could not draw: {self._one_line(exc)}", ok=False)
+            return False
+        plt.close("all")
+        n, token = len(self.tokens), self.token.value
+        if token == ALL_ROWS:
+            self._say(f"{n} tokens. Each row shows where that token looks; pick a token to follow one row.", ok=True)
+        else:
+            weights, title = self.current()
+            top = int(np.argmax(weights[token]))
+            self._say(f"{title}: '{self.tokens[token]}' looks most at '{self.tokens[top]}' "
+                      f"({weights[token, top]:.2f}).", ok=True)
+        return True
+
+    def _render(self) -> bytes:
+        use_course_style()
+        tokens, token = self.tokens, self.token.value
+        if self.view.value == "all heads":
+            fig = self._grid()
+        else:
+            weights, title = self.current()
+            size = min(6.0, 1.8 + 0.3 * len(tokens))
+            if token == ALL_ROWS:
+                fig, ax = plt.subplots(figsize=(size * 1.1, size))
+                attention_heatmap(weights, tokens, ax=ax, title=title, annotate=False)
+            else:
+                fig, (ax, bars) = plt.subplots(1, 2, figsize=(size * 2.0, size),
+                                               gridspec_kw={"width_ratios": [1.2, 1]})
+                attention_heatmap(weights, tokens, ax=ax, title=title, annotate=False, colorbar=False)
+                _mark_row(ax, token, len(tokens))
+                _row_bars(bars, weights[token], tokens, f"where '{tokens[token]}' looks")
+            fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=self.dpi)
+        plt.close(fig)
+        return buffer.getvalue()
+
+    def _grid(self):
+        """Every head of every layer; the chosen token's row is outlined; the chosen head is framed."""
+        layers, heads = self.attentions.shape[:2]
+        n, token = len(self.tokens), self.token.value
+        labels = layers * heads <= 16 and n <= 16
+        cell = 2.2 if labels else 1.1
+        fig, axes = plt.subplots(layers, heads, figsize=(cell * heads + 0.5, cell * layers + 0.3), squeeze=False)
+        for l in range(layers):
+            for h in range(heads):
+                ax = axes[l, h]
+                ax.imshow(self.attentions[l, h], vmin=0, vmax=1, cmap="Blues")
+                ax.grid(False)
+                if labels and l == layers - 1:
+                    ax.set_xticks(range(n), labels=self.tokens, rotation=90, fontsize=6)
+                else:
+                    ax.set_xticks([])
+                if labels and h == 0:
+                    ax.set_yticks(range(n), labels=self.tokens, fontsize=6)
+                else:
+                    ax.set_yticks([])
+                ax.set_title(f"L{l} H{h}", fontsize=7)
+                if token != ALL_ROWS:
+                    _mark_row(ax, token, n)
+                if l == self.layer.value and h == self.head.value:
+                    for side in ax.spines.values():
+                        side.set_visible(True)
+                        side.set_edgecolor("#d62728")
+                        side.set_linewidth(2.5)
+        fig.tight_layout()
+        return fig
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+        display(self.widget)
+
+
+def model_explorer(run_fn: Callable[[list[str]], tuple[Sequence[str], torch.Tensor]], sentence: str = "",
+                   max_tokens: int = 16, vocab: Collection[str] | None = None,
+                   describe_fn: Callable[[list[str]], str] | None = None, **kw) -> ModelExplorer:
+    """Build a :class:`ModelExplorer` (end a cell with it to show it)."""
+    return ModelExplorer(run_fn, sentence=sentence, max_tokens=max_tokens, vocab=vocab, describe_fn=describe_fn, **kw)

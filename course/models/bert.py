@@ -105,7 +105,7 @@ class BertEncoder(nn.Module):
             return x
         weights = []
         for block in self.blocks:
-            x, w = _block_with_weights(block, x, keys)
+            x, w = block(x, mask=keys, need_weights=True)
             weights.append(w)
         return x, weights
 
@@ -117,11 +117,6 @@ class BertEncoder(nn.Module):
         state = {k.removeprefix("bert."): v for k, v in state.items() if not k.startswith("cls.")}
         return load_plan(self, state, bert_plan(self.config),
                          ignore_unused=("position_ids", "pooler.dense.weight", "pooler.dense.bias"))
-
-
-def _block_with_weights(block: TransformerBlock, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """``block(x, mask)`` that also returns its attention weights ``[b, heads, s, s]``."""
-    return block(x, mask=mask, need_weights=True)
 
 
 def _init_bert(module: nn.Module) -> None:

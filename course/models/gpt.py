@@ -103,14 +103,17 @@ class GPT(nn.Module):
         if int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got {int(idx.min())}..{int(idx.max())}")
 
-    def hidden_states(self, idx: Tensor) -> Tensor:
-        """The final normalised hidden states: ``idx [batch, seq] -> [batch, seq, d_model]``."""
+    def hidden_states(self, idx: Tensor, need_weights: bool = False):
+        """The final normalised hidden states: ``idx [batch, seq] -> [batch, seq, d_model]``; with
+        ``need_weights=True``, ``(hidden, [attention weights [batch, heads, seq, seq] per layer])``."""
         self.check_input(idx)
         x = self.position_embedding(self.token_embedding(idx))
         mask = causal_mask(idx.shape[1], device=idx.device)
+        weights = []
         for block in self.blocks:
-            x = block(x, mask=mask)
-        return self.final_norm(x)
+            x, w = block(x, mask=mask, need_weights=True)
+            weights.append(w)
+        return (self.final_norm(x), weights) if need_weights else self.final_norm(x)
 
     def forward(self, idx: Tensor) -> Tensor:
         return self.lm_head(self.hidden_states(idx))
