@@ -30,6 +30,9 @@ def execute(path: Path, timeout: int = 600, env: dict | None = None, allow_error
         started = time.perf_counter()
         client.execute()
         seconds = time.perf_counter() - started
+        # No saved widget state: it is large, and JupyterLab would show its stale snapshots on opening.
+        # (nbclient's store_widget_state=False breaks on Output widgets, so it is dropped afterwards.)
+        nb.metadata.pop("widgets", None)
     finally:
         os.environ.clear()
         os.environ.update(saved)
