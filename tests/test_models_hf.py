@@ -117,3 +117,10 @@ def test_gpt_refuses_gpt2_attention_variants_it_does_not_implement(flag, value):
     cfg = transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, **{flag: value})
     with pytest.raises(ValueError, match=flag):
         GPTConfig.from_hf(cfg)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: GPTConfig(vocab_size=10, **kw), lambda **kw: BertConfig(vocab_size=10, **kw)])
+def test_configs_default_d_ff_to_four_widths_and_refuse_heads_that_do_not_divide(make):
+    assert make(d_model=32, num_heads=4).d_ff == 128
+    with pytest.raises(ValueError, match="d_model=30 is not divisible by num_heads=4"):
+        make(d_model=30, num_heads=4)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course.layers import LayerNorm, TransformerBlock
+from course.models.sizes import complete_sizes
 from course.models.weights import Step, load_plan
 
 
@@ -37,10 +38,7 @@ class BertConfig:
     pad_id: int = 0
 
     def __post_init__(self):
-        if self.d_ff is None:
-            self.d_ff = 4 * self.d_model
-        if self.d_model % self.num_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+        complete_sizes(self)
 
     @classmethod
     def from_hf(cls, hf_config) -> "BertConfig":

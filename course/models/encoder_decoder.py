@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from course.attention import causal_mask
 from course.layers import DecoderBlock, LayerNorm, TransformerBlock, load_from_torch_decoder_layer, load_from_torch_encoder_layer
+from course.models.sizes import complete_sizes
 from course.positional import sinusoidal_encoding
 
 
@@ -40,10 +41,7 @@ class EncoderDecoderConfig:
     tie_weights: bool = True
 
     def __post_init__(self):
-        if self.d_ff is None:
-            self.d_ff = 4 * self.d_model
-        if self.d_model % self.num_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+        complete_sizes(self)
 
 
 class EncoderDecoder(nn.Module):
