@@ -55,16 +55,26 @@ def need_browser() -> str:
 
 
 def bertviz_scripts() -> dict[str, Path] | str:
-    """Local copies of bertviz's CDN scripts (installed once with npm into .cache/), or why there are none."""
+    """Local copies of bertviz's CDN scripts (installed once with npm into .cache/), or why there are none.
+
+    Two test workers may ask at once: an exclusive lock on .cache/bertviz-js/.lock (where the platform has
+    fcntl) makes the second wait for the first's install instead of writing into the same folder.
+    """
     files = {name: JS_CACHE / "node_modules" / pkg / rel for name, (pkg, rel) in CDN_FILES.items()}
-    if all(p.is_file() for p in files.values()):
-        return files
     npm = shutil.which("npm")
-    if npm is None:
+    if npm is None and not all(p.is_file() for p in files.values()):
         return "npm is not installed: cannot serve bertviz's CDN scripts locally"
     JS_CACHE.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(JS_CACHE), *NPM_PACKAGES],
-                          capture_output=True, text=True, timeout=180)
+    with open(JS_CACHE / ".lock", "w") as lock:
+        try:
+            import fcntl
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except ImportError:  # Windows: no lock; the browser tests are meant for Linux CI anyway
+            pass
+        if all(p.is_file() for p in files.values()):
+            return files
+        done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(JS_CACHE), *NPM_PACKAGES],
+                              capture_output=True, text=True, timeout=180)
     if done.returncode != 0 or not all(p.is_file() for p in files.values()):
         return f"npm install failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}"
     return files
