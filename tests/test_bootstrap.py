@@ -65,3 +65,12 @@ def test_ci_runs_the_readme_test_command():
     root = Path(bootstrap.__file__).parent
     assert "python3 bootstrap.py test" in (root / "README.md").read_text()
     assert (root / ".ci" / "run").read_text().strip().endswith("python3 bootstrap.py test")
+
+
+def test_course_extras_are_parsed_and_change_the_setup_fingerprint(monkeypatch):
+    monkeypatch.delenv("COURSE_EXTRAS", raising=False)
+    plain = bootstrap.setup_fingerprint()
+    assert bootstrap.optional_extras() == []
+    monkeypatch.setenv("COURSE_EXTRAS", " triton, , einops>=0.8 ")
+    assert bootstrap.optional_extras() == ["triton", "einops>=0.8"]
+    assert bootstrap.setup_fingerprint() != plain  # adding an extra re-runs the set-up
