@@ -591,5 +591,10 @@ def show_bertviz(view: Callable, *args, wait_s: float = 20.0, **kwargs) -> None:
 
     if kwargs.pop("html_action", "view") != "view":
         raise ValueError("show_bertviz displays the view; call bertviz directly for html_action='return'")
-    html = view(*args, html_action="return", **kwargs)
+    try:
+        html = view(*args, html_action="return", **kwargs)
+    except (ValueError, RuntimeError, IndexError) as exc:  # bertviz's own checks, or an empty tuple
+        raise ValueError(f"bertviz could not draw this: {exc} (attention must be a tuple with one "
+                         "[batch, heads, seq, seq] tensor per layer, seq = number of tokens; "
+                         "course.coref.to_bertviz makes one from the course's models)") from None
     display(HTML(patient_bertviz_html(html.data, wait_s=wait_s)))

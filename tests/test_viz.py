@@ -185,3 +185,17 @@ def test_show_bertviz_displays_one_html_output(monkeypatch):
     assert len(shown) == 1 and "course-bertviz-offline" in shown[0].data
     with pytest.raises(ValueError, match="html_action"):
         show_bertviz(bertviz.head_view, (torch.rand(1, 1, 2, 2),), ["a", "b"], html_action="return")
+
+
+@pytest.mark.parametrize("attention, tokens", [
+    ((), []),                                          # nothing at all
+    ((torch.rand(2, 4, 4),), list("abcd")),            # a layer without its batch dimension
+    ((torch.rand(1, 2, 4, 4),), list("abc")),          # one token short
+])
+def test_show_bertviz_turns_bad_attention_into_one_message(attention, tokens):
+    from course.viz import show_bertviz
+
+    bertviz = pytest.importorskip("bertviz")
+    with pytest.raises(ValueError, match=r"bertviz could not draw this: .*to_bertviz") as caught:
+        show_bertviz(bertviz.head_view, attention, tokens)
+    assert "\n" not in str(caught.value)
