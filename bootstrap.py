@@ -73,8 +73,19 @@ def setup_fingerprint() -> str:
     h = hashlib.sha256()
     for name in ("pyproject.toml", "bootstrap.py"):
         h.update((ROOT / name).read_bytes())
-    h.update(",".join(optional_extras()).encode())
     return h.hexdigest()
+
+
+def stamp_text(fingerprint: str, extras: list[str]) -> str:
+    """What the stamp file records after a set-up: the fingerprint, then one installed extra per line."""
+    return "\n".join([fingerprint, *extras])
+
+
+def stamp_is_current(stamp: str, fingerprint: str, extras: list[str]) -> bool:
+    """The set-up can be skipped: same pyproject/bootstrap, and every extra asked for now is installed
+    (extras installed earlier but not asked for now do no harm, so they do not force a new set-up)."""
+    recorded, *installed = stamp.split("\n")
+    return recorded == fingerprint and set(extras) <= set(installed)
 
 
 def pip(python: Path, *args: str, check: bool = True) -> bool:
@@ -106,7 +117,7 @@ def setup() -> Path:
     """Create or refresh .venv; return its interpreter."""
     python = venv_python()
     fingerprint = setup_fingerprint()
-    if python.exists() and STAMP.exists() and STAMP.read_text() == fingerprint:
+    if python.exists() and STAMP.exists() and stamp_is_current(STAMP.read_text(), fingerprint, optional_extras()):
         say(f"environment {VENV.name}/ is up to date.")
         return python
     started = time.perf_counter()
@@ -126,7 +137,8 @@ def setup() -> Path:
         say(f"installing the extras named in COURSE_EXTRAS: {', '.join(extras)}...")
         if not pip(python, *extras, check=False):
             say("could not install them; the lessons and tests that use them will say so and skip.")
-    STAMP.write_text(fingerprint)
+            extras = []
+    STAMP.write_text(stamp_text(fingerprint, extras))
     say(f"set-up done in {time.perf_counter() - started:.0f} s.")
     return python
 

@@ -67,10 +67,16 @@ def test_ci_runs_the_readme_test_command():
     assert (root / ".ci" / "run").read_text().strip().endswith("python3 bootstrap.py test")
 
 
-def test_course_extras_are_parsed_and_change_the_setup_fingerprint(monkeypatch):
+def test_course_extras_are_parsed_from_a_comma_separated_list(monkeypatch):
     monkeypatch.delenv("COURSE_EXTRAS", raising=False)
-    plain = bootstrap.setup_fingerprint()
     assert bootstrap.optional_extras() == []
     monkeypatch.setenv("COURSE_EXTRAS", " triton, , einops>=0.8 ")
     assert bootstrap.optional_extras() == ["triton", "einops>=0.8"]
-    assert bootstrap.setup_fingerprint() != plain  # adding an extra re-runs the set-up
+
+
+def test_setup_reruns_for_a_changed_project_or_a_new_extra_but_not_for_fewer_extras():
+    stamp = bootstrap.stamp_text("abc", ["triton"])
+    assert bootstrap.stamp_is_current(stamp, "abc", [])            # lab after CI's test run: no new set-up
+    assert bootstrap.stamp_is_current(stamp, "abc", ["triton"])
+    assert not bootstrap.stamp_is_current(stamp, "abd", [])        # pyproject.toml or bootstrap.py changed
+    assert not bootstrap.stamp_is_current(bootstrap.stamp_text("abc", []), "abc", ["triton"])  # extra asked for
