@@ -78,10 +78,7 @@ class CharTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text; raises ``ValueError`` for an id outside ``[0, vocab_size)``."""
-        ids = _as_id_list(ids)
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        ids = _as_id_list(ids, self.vocab_size)
         return "".join(self.itos[i] for i in ids)
 
     def pieces(self, text: str) -> list[str]:
@@ -139,10 +136,7 @@ class WordTokenizer:
         return [self.stoi.get(w, 0) for w in self.split(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        ids = _as_id_list(ids)
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        ids = _as_id_list(ids, self.vocab_size)
         return " ".join(self.itos[i] for i in ids)
 
     def pieces(self, text: str) -> list[str]:
@@ -336,10 +330,7 @@ class BPETokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text. Ids that end inside a multi-byte character (possible for ids a model
         generated, never for ``encode``'s output) decode to ``"\ufffd"``."""
-        ids = _as_id_list(ids)
-        bad = [i for i in ids if i not in self.vocab]
-        if bad:
-            raise ValueError(f"id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        ids = _as_id_list(ids, self.vocab_size)
         return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
 
     def token_text(self, token_id: int) -> str:
@@ -360,12 +351,17 @@ class BPETokenizer:
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
 # ----------------------------------------------------------------------------------------------
-def _as_id_list(ids: Iterable[int]) -> list[int]:
+def _as_id_list(ids: Iterable[int], vocab_size: int) -> list[int]:
+    """decode's input (a list, or a 1-D tensor) as a list of ints, each checked to lie in [0, vocab_size)."""
     if isinstance(ids, torch.Tensor):
         if ids.dim() > 1:
             raise ValueError(f"decode takes a 1-D sequence of ids, got a tensor of shape {tuple(ids.shape)}")
-        return [int(i) for i in ids.tolist()]
-    return [int(i) for i in ids]
+        ids = ids.tolist()
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+    return ids
 
 
 def _printable(s: str) -> str:
