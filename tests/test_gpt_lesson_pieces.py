@@ -7,10 +7,10 @@ Tolerance for logits: max |difference| below 1e-4 in float32 (the issue's bar).
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
+from hf_support import quietly
 
 from course.generate import generate
 from course.lm import fixed_windows, random_windows, sequence_loss, unigram_loss
@@ -75,13 +75,6 @@ def test_sequence_loss_equals_cross_entropy_over_all_windows():
 transformers = pytest.importorskip("transformers")
 
 
-def _quiet(fn, *args, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        transformers.logging.set_verbosity_error()
-        return fn(*args, **kw)
-
-
 @pytest.fixture(scope="module")
 def reloaded_gpt2(tmp_path_factory):
     """A random small GPT-2 saved with save_pretrained and loaded back with from_pretrained."""
@@ -89,8 +82,8 @@ def reloaded_gpt2(tmp_path_factory):
     cfg = transformers.GPT2Config(vocab_size=61, n_positions=24, n_embd=32, n_layer=2, n_head=4,
                                   bos_token_id=None, eos_token_id=None)  # no end token: greedy never stops early
     folder = tmp_path_factory.mktemp("gpt2-small")
-    _quiet(transformers.GPT2LMHeadModel, cfg).save_pretrained(folder)
-    return _quiet(transformers.GPT2LMHeadModel.from_pretrained, folder).eval()
+    quietly(transformers.GPT2LMHeadModel, cfg).save_pretrained(folder)
+    return quietly(transformers.GPT2LMHeadModel.from_pretrained, folder).eval()
 
 
 def test_gpt_saved_in_gpt2_format_reloads_and_matches_hf_logits(reloaded_gpt2):
@@ -105,7 +98,7 @@ def test_our_greedy_generation_equals_hf_generate_token_for_token(reloaded_gpt2)
     ours = GPT.from_hf_gpt2(reloaded_gpt2)
     prompt = torch.tensor([[5, 17, 3, 42]])
     mine = generate(ours, prompt, 15, greedy=True)
-    theirs = _quiet(reloaded_gpt2.generate, prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+    theirs = quietly(reloaded_gpt2.generate, prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                     max_new_tokens=15, pad_token_id=0)
     assert mine.tolist() == theirs.tolist()
 

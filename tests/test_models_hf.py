@@ -5,10 +5,9 @@ Models are small random ones built from a transformers config, so nothing is dow
 """
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
+from hf_support import quietly
 
 from course.models import GPT, BertConfig, BertEncoder, BertForMaskedLM, GPTConfig, WeightMismatchError
 
@@ -16,19 +15,12 @@ transformers = pytest.importorskip("transformers")
 TOL = 1e-4
 
 
-def _quiet(fn, *args, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        transformers.logging.set_verbosity_error()
-        return fn(*args, **kw)
-
-
 @pytest.fixture(scope="module")
 def hf_gpt2():
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=48, n_layer=3, n_head=4,
                                   bos_token_id=0, eos_token_id=0)
-    return _quiet(transformers.GPT2LMHeadModel, cfg).eval()
+    return quietly(transformers.GPT2LMHeadModel, cfg).eval()
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +28,7 @@ def hf_bert_mlm():
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=101, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=96, max_position_embeddings=40, attn_implementation="eager")
-    return _quiet(transformers.BertForMaskedLM, cfg).eval()
+    return quietly(transformers.BertForMaskedLM, cfg).eval()
 
 
 def test_gpt_matches_hf_gpt2_logits(hf_gpt2):

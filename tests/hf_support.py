@@ -1,0 +1,15 @@
+"""Shared by the tests that build small Hugging Face models: call transformers without its warnings and
+load reports (they would clutter the test output, and can print local paths)."""
+from __future__ import annotations
+
+import warnings
+
+
+def quietly(fn, *args, **kw):
+    """``fn(*args, **kw)`` with Python warnings ignored and transformers' logging at error level."""
+    import transformers
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transformers.logging.set_verbosity_error()
+        return fn(*args, **kw)
