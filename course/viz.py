@@ -537,8 +537,8 @@ def model_explorer(run_fn: Callable[[list[str]], tuple[Sequence[str], torch.Tens
 # scripts have not drawn anything after `wait_s`, write one line into the view saying why.
 
 BERTVIZ_OFFLINE_MESSAGE = ("bertviz's JavaScript (require.js, d3 and jQuery from cdnjs.cloudflare.com) has not "
-                           "loaded: offline, or blocked here? The course's explorer above shows the same "
-                           "attention without the internet.")
+                           "loaded: offline, or blocked here? The course's own attention explorer "
+                           "(course.viz.model_explorer, lesson 10) works without the internet.")
 _BERTVIZ_ID = re.compile(r'id="(bertviz-[0-9a-f]{32})"')
 _BERTVIZ_SCRIPT = re.compile(r'<script type="text/javascript">\n(.*)</script>\s*$', re.S)
 _PATIENT_JS = """<script type="text/javascript">
