@@ -12,7 +12,7 @@ gets the much smaller CPU build. Later runs reuse the environment unless ``pypro
 Other sub-commands: ``setup`` (only set up), ``bench`` (time every lesson against its budget).
 Optional packages: ``COURSE_EXTRAS=triton python3 bootstrap.py test`` also installs Triton (about 1 GB).
 Options given alone go to JupyterLab (``python3 bootstrap.py --port 8890``).
-Extra words after ``test`` go to pytest, e.g. ``python3 bootstrap.py test tests/test_checks.py``.
+Extra words after ``test`` go to pytest, e.g. ``python3 bootstrap.py test tests/checks/test_checks.py``.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ on a mismatch, names the likely mistake. The cases are chosen so that every mist
 gives an output different from the correct one AND from every other mistake (d_k is never 1 or
 a square that equals another size, masks mix True and False in every row, the first
 split-heads case has seq == heads so a missing transpose keeps the shape but not the values).
-``tests/test_checks_attention.py`` runs each mistake through its checker to prove it.
+``tests/checks/test_checks_attention.py`` runs each mistake through its checker to prove it.
 """
 from __future__ import annotations
 

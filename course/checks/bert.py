@@ -3,7 +3,7 @@
 Cases always hold padded rows of different lengths next to unpadded ones (so a pooling that counts
 padding, or a mask on the wrong axis, shows), non-symmetric weights (so a missing transpose shows)
 and, for the head, hidden states whose first and last positions differ.
-``tests/test_checks_mlm.py`` proves each mistake below gets its own hint.
+``tests/checks/test_checks_mlm.py`` proves each mistake below gets its own hint.
 """
 from __future__ import annotations
 

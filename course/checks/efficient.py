@@ -6,7 +6,7 @@ from the other mistakes: the online-softmax cases have a running state where the
 the maximum in some rows and not in others; the tiled-loop cases have a key count that is not a
 multiple of the block size; the window cases have n > 2w + 2; the first KV-cache case appends as
 many positions as the cache holds, so concatenating on the wrong axis gives a shape instead of an
-error. ``tests/test_checks_efficient.py`` runs every mistake through its checker.
+error. ``tests/checks/test_checks_efficient.py`` runs every mistake through its checker.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ temperature checker compares the logits themselves (``logits / t``).
 The cases are chosen so that each mistake below gives an output different from the correct one and
 from every other mistake on the first case where it fails (no ties at the top-k boundary, an
 unsorted vocabulary, a row whose top token alone exceeds ``p``);
-``tests/test_checks_generate.py`` runs every mistake through its checker to prove it.
+``tests/checks/test_checks_generate.py`` runs every mistake through its checker to prove it.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ with the random draws handed in, so the answer is exact and checkable. The first
 hand so that every branch happens at a known position: special tokens with a small ``select_u`` (a
 rule that forgets them masks them), chosen tokens whose ``action_u`` falls in each of [0, 0.8),
 [0.8, 0.9) and [0.9, 1), and tokens with ``select_u`` just above 0.15. The last case uses
-``mask_prob = 0.3`` so a hard-coded 0.15 shows. ``tests/test_checks_mlm.py`` proves each mistake
+``mask_prob = 0.3`` so a hard-coded 0.15 shows. ``tests/checks/test_checks_mlm.py`` proves each mistake
 below gets its own hint.
 """
 from __future__ import annotations

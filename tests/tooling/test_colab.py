@@ -9,7 +9,7 @@ import pytest
 
 from utils.colab import colab_url, lessons, readme_links, settings, setup_cell_source
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("path", lessons(), ids=lambda p: p.name)

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 MACHINE_PATH = re.compile(r"(/work/|/root/|/home/[a-z_][\w-]*/|/tmp/|[A-Z]:\\\\Users\\\\)")
 MAX_BYTES = 1_500_000

@@ -1,4 +1,4 @@
-"""Assertions shared by the checker tests (tests/test_checks_*.py)."""
+"""Assertions shared by the checker tests (tests/checks/test_checks_*.py)."""
 from course.checks.core import CheckResult
 
 

@@ -1,5 +1,5 @@
 """Lesson 08's other pieces: the unigram baseline, the training windows, and GPT-2 weights that go
-through a save/reload on disk (tests/test_models_hf.py covers the in-memory case) and generate
+through a save/reload on disk (tests/course/test_models_hf.py covers the in-memory case) and generate
 the same tokens as Hugging Face's ``generate``.
 
 Tolerance for logits: max |difference| below 1e-4 in float32 (the issue's bar).
