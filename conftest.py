@@ -2,8 +2,10 @@
 
 - Kernels started by nbval inherit this process's environment, so strict checks are switched on
   here: an exercise checker that fails in a source notebook raises, and the notebook test fails.
+- Only the lessons of the manifest (course/lessons.toml) are collected from notebooks/; a notebook the
+  manifest lacks fails tests/tooling/test_lessons_manifest.py instead of running unannounced.
 - Each notebook's run time is collected (also across pytest-xdist workers) and printed at the end,
-  against the three-minute budget per lesson.
+  against that lesson's budget in the manifest.
 """
 from __future__ import annotations
 
@@ -24,10 +26,18 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
+from course.lessons import NOTEBOOKS, load_manifest
+
 ROOT = Path(__file__).resolve().parent
-BUDGET_S = 180.0
 _notebook_seconds: dict[str, float] = defaultdict(float)
 _notebook_failed: set[str] = set()
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Collect from notebooks/ only the lessons the manifest lists (nbval would take any .ipynb)."""
+    if collection_path.suffix == ".ipynb" and collection_path.parent == NOTEBOOKS:
+        return collection_path.name not in load_manifest().by_notebook()
+    return None
 
 
 def pytest_runtest_logreport(report):
@@ -43,8 +53,11 @@ def pytest_terminal_summary(terminalreporter):
     if not _notebook_seconds:
         return
     tr = terminalreporter
-    tr.section("notebook run times (budget 180 s per lesson on a two-core CPU)")
+    manifest = load_manifest().by_notebook()
+    tr.section("notebook run times (each lesson's budget on a two-core CPU is in course/lessons.toml)")
     for path, seconds in sorted(_notebook_seconds.items()):
-        verdict = "FAILED" if path in _notebook_failed else ("over budget" if seconds > BUDGET_S else "ok")
+        lesson = manifest.get(Path(path).name)
+        budget = lesson.budget_s if lesson else load_manifest().budget_s
+        verdict = "FAILED" if path in _notebook_failed else ("over budget" if seconds > budget else "ok")
         tr.write_line(f"{path:<48}{seconds:8.1f} s  {verdict}")
     tr.write_line("(times are measured under the test run's parallel load; `python3 bootstrap.py bench` times lessons alone)")

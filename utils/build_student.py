@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the student notebooks: the lessons with every exercise's solution taken out.
 
-    python utils/build_student.py                 # notebooks/*.ipynb -> student/*.ipynb
+    python utils/build_student.py                 # every lesson of course/lessons.toml -> student/
     python utils/build_student.py --out handout   # another folder
 
 Source notebooks keep solutions between nbgrader's markers, in cells that carry nbgrader metadata
@@ -27,6 +27,9 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from course.lessons import notebook_paths  # noqa: E402
+
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 PLACEHOLDER = ["# YOUR CODE HERE", "raise NotImplementedError()"]
@@ -87,10 +90,10 @@ def student_version(nb):
 
 
 def build(source_dir: Path, out_dir: Path) -> list[Path]:
-    """Write the student version of every lesson in ``source_dir`` to ``out_dir``."""
+    """Write the student version of every lesson of the manifest, read from ``source_dir``, to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in sorted(source_dir.glob("[0-9][0-9]_*.ipynb")):
+    for path in notebook_paths(source_dir):
         nb = nbformat.read(path, as_version=4)
         target = out_dir / path.name
         nbformat.write(student_version(nb), target)

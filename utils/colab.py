@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Keep every lesson's Colab set-up cell and the README's "Open in Colab" links in step.
 
-The repository address is set once, in ``pyproject.toml`` under ``[tool.course]``. Run
+The repository address is set once, in ``pyproject.toml`` under ``[tool.course]``; the lessons are those
+of the manifest (course/lessons.toml). Run
 
-    python utils/colab.py --write    # rewrite the lessons' first cells and the README's table
+    python utils/colab.py --write    # rewrite the lessons' first cells and the README's syllabus table
     python utils/colab.py            # only report what is out of step (exit 1 if anything is)
 """
 from __future__ import annotations
@@ -17,9 +18,11 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from course.lessons import notebook_paths  # noqa: E402
+
 NOTEBOOKS = ROOT / "notebooks"
 SETUP_TAG = "colab-setup"
-TABLE_START, TABLE_END = "<!-- syllabus:start -->", "<!-- syllabus:end -->"
 
 
 def settings() -> dict:
@@ -51,10 +54,6 @@ except ModuleNotFoundError as missing:
           "in the course folder, or choose its .venv as the kernel.")'''
 
 
-def lessons() -> list[Path]:
-    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-
-
 def fix_notebook(path: Path, write: bool) -> bool:
     """Make the notebook's first cell the set-up cell; return True if it was already right."""
     nb = nbformat.read(path, as_version=4)
@@ -71,19 +70,9 @@ def fix_notebook(path: Path, write: bool) -> bool:
     return ok
 
 
-def badge(path: Path) -> str:
-    return f"[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(path)})"
-
-
-def fix_readme(write: bool) -> bool:
-    """Rewrite the Colab links in the README's syllabus table; return True if already right."""
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    new = re.sub(r"\[!\[Open in Colab\]\([^)]*\)\]\([^)]*notebooks/([^)]+\.ipynb)\)",
-                 lambda m: badge(NOTEBOOKS / m.group(1)), text)
-    if new != text and write:
-        readme.write_text(new)
-    return new == text
+def badge(notebook: Path | str) -> str:
+    """The README's "Open in Colab" badge for a lesson's notebook (a path or a file name)."""
+    return f"[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(notebook)})"
 
 
 def readme_links() -> dict[str, str]:
@@ -97,8 +86,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", action="store_true", help="fix what is out of step")
     args = parser.parse_args()
-    stale = [p.name for p in lessons() if not fix_notebook(p, args.write)]
-    if not fix_readme(args.write):
+    from utils.syllabus import sync_readme  # the table's badges are built from colab_url
+
+    stale = [p.name for p in notebook_paths() if not fix_notebook(p, args.write)]
+    if not sync_readme(args.write):
         stale.append("README.md")
     if stale and not args.write:
         print("out of step:", ", ".join(stale), "(run with --write)")

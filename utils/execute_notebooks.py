@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Re-execute lessons in place so their committed outputs are what the code computes now.
 
-    python utils/execute_notebooks.py                       # every lesson
+    python utils/execute_notebooks.py                       # every lesson in course/lessons.toml
     python utils/execute_notebooks.py notebooks/00_setup.ipynb
-    python utils/execute_notebooks.py --write-readme        # and record each run time in README.md
+    python utils/execute_notebooks.py --gpu                 # the lessons the manifest marks gpu = true
+    python utils/execute_notebooks.py --write-readme        # and record each run time (manifest, README)
 
-Fails (exit 1) if a cell errors, a lesson goes over its three-minute budget, or an output shows a
-machine path. Outputs are never edited by hand; this is how they get into the repository.
+Fails (exit 1) if a cell errors, a lesson goes over its budget, or the executed notebook breaks a lesson
+rule (utils/lesson_rules.py: an output showing a machine path, a traceback, ...). Outputs are never edited
+by hand; this is how they get into the repository.
 """
 from __future__ import annotations
 
@@ -17,29 +19,37 @@ from pathlib import Path
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils.bench_notebooks import write_readme_times  # noqa: E402
-from utils.notebook_run import BUDGET_S, execute, lessons, scrub  # noqa: E402
+from course.lessons import lesson_for, lessons  # noqa: E402
+from utils.lesson_rules import problems  # noqa: E402
+from utils.notebook_run import execute, scrub  # noqa: E402
+from utils.syllabus import record_times  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="*", type=Path)
+    parser.add_argument("--gpu", action="store_true", help="only the lessons with GPU cells")
     parser.add_argument("--write-readme", action="store_true",
-                        help="record the run times in README.md (run on an otherwise idle machine)")
+                        help="record the run times in course/lessons.toml and README.md (run on an idle machine)")
     args = parser.parse_args()
+    paths = args.paths or [lesson.path() for lesson in lessons() if lesson.gpu or not args.gpu]
     status, times = 0, {}
-    for path in args.paths or lessons():
+    for path in paths:
+        budget = lesson_for(path).budget_s
         nb, seconds = execute(path, env={"COURSE_STRICT_CHECKS": "1", "COURSE_NO_PROGRESS": "1"})
         leaks = scrub(nb)
         nbformat.write(nb, path)
-        flag = "" if seconds <= BUDGET_S else f"  OVER the {BUDGET_S:.0f} s budget"
+        flag = "" if seconds <= budget else f"  OVER its {budget:.0f} s budget"
         print(f"{path.name}: {seconds:.1f} s{flag}")
         times[path.name] = seconds
         if leaks:
             print(f"  outputs show machine paths: {', '.join(leaks)}")
-        status |= bool(flag or leaks)
-    if args.write_readme:
-        write_readme_times(times)
+        broken = problems(path)
+        for problem in broken:
+            print(f"  {problem}")
+        status |= bool(flag or leaks or broken)
+    if args.write_readme and times:
+        record_times(times)
     return status
 
 

@@ -11,12 +11,6 @@ import nbformat
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGET_S = 180.0  # every lesson must run top to bottom in three minutes on a two-core CPU
-
-
-def lessons(folder: Path = ROOT / "notebooks") -> list[Path]:
-    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
-
 
 def execute(path: Path, timeout: int = 600, env: dict | None = None, allow_errors: bool = False):
     """Run ``path`` in a fresh python3 kernel (cwd: its folder); return (notebook, seconds)."""

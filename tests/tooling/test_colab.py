@@ -1,15 +1,11 @@
 """Every lesson opens on Colab: a set-up first cell, and a README link built from one setting."""
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import nbformat
 import pytest
 
-from utils.colab import colab_url, lessons, readme_links, settings, setup_cell_source
-
-ROOT = Path(__file__).resolve().parents[2]
+from course.lessons import notebook_paths as lessons
+from utils.colab import colab_url, readme_links, settings, setup_cell_source
 
 
 @pytest.mark.parametrize("path", lessons(), ids=lambda p: p.name)
@@ -41,11 +37,3 @@ def test_readme_links_each_lesson_to_colab(path):
 def test_readme_links_only_to_lessons_that_exist():
     names = {p.name for p in lessons()}
     assert set(readme_links()) <= names
-
-
-@pytest.mark.parametrize("path", lessons(), ids=lambda p: p.name)
-def test_readme_syllabus_gives_each_lesson_a_measured_run_time(path):
-    rows = [line for line in (ROOT / "README.md").read_text().splitlines()
-            if line.startswith("|") and f"(notebooks/{path.name})" in line]
-    assert len(rows) == 1, f"README's syllabus needs one row for {path.name}"
-    assert re.fullmatch(r"\d+ s", rows[0].split(" | ")[2]), "run: python3 bootstrap.py bench --write-readme"

@@ -8,11 +8,10 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from course.lessons import NOTEBOOKS, notebook_paths
 from utils.build_student import BEGIN, END, MarkerError, build, strip_solutions
 
-ROOT = Path(__file__).resolve().parents[2]
-LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-NBGRADER_KEYS = {"grade", "grade_id", "locked", "schema_version", "solution", "task"}
+LESSONS = notebook_paths()
 
 
 def _solution_lines(source: str) -> list[str]:
@@ -36,7 +35,7 @@ def _exercise_cells(nb):
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("student")
-    build(ROOT / "notebooks", out)
+    build(NOTEBOOKS, out)
     return out
 
 
@@ -67,25 +66,6 @@ def test_unbalanced_markers_are_reported_with_their_line(src, words):
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
-def test_every_exercise_cell_carries_nbgrader_metadata_and_a_checker(path):
-    nb = nbformat.read(path, as_version=4)
-    ids = []
-    for i, cell in enumerate(nb.cells):
-        meta = cell.get("metadata", {}).get("nbgrader")
-        if cell.cell_type == "code" and BEGIN in cell.source:
-            assert meta and meta.get("solution") is True and NBGRADER_KEYS <= meta.keys(), f"cell {i}"
-            following = nb.cells[i + 1]
-            check_meta = following.get("metadata", {}).get("nbgrader", {})
-            assert check_meta.get("grade") is True and check_meta.get("locked") is True, f"cell {i + 1}"
-            assert check_meta.get("points", 0) > 0
-        elif meta and meta.get("solution"):
-            pytest.fail(f"cell {i} is marked as a solution but has no {BEGIN} region")
-        if meta:
-            ids.append(meta["grade_id"])
-    assert len(ids) == len(set(ids)), "grade_id values must be unique within a notebook"
-
-
-@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
 def test_student_notebook_holds_no_solution(path, student_dir):
     source = nbformat.read(path, as_version=4)
     student = nbformat.read(student_dir / path.name, as_version=4)
@@ -102,7 +82,7 @@ def _run_until_first_exercise(path: Path) -> list[str]:
     """Execute a student notebook cell by cell, stopping after the first exercise's checker."""
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(ROOT / "notebooks")}})
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
     texts = []
     with client.setup_kernel():
         for index, cell in enumerate(nb.cells):
