@@ -25,13 +25,13 @@ from utils.notebook_run import execute, scrub  # noqa: E402
 from utils.syllabus import record_times  # noqa: E402
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="*", type=Path)
     parser.add_argument("--gpu", action="store_true", help="only the lessons with GPU cells")
     parser.add_argument("--write-readme", action="store_true",
                         help="record the run times in course/lessons.toml and README.md (run on an idle machine)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     paths = args.paths or [lesson.path() for lesson in lessons() if lesson.gpu or not args.gpu]
     status, times = 0, {}
     for path in paths:
