@@ -87,7 +87,10 @@ def exercises_graded(nb, lesson: Lesson) -> list[str]:
     """Each exercise cell carries nbgrader's solution metadata and is followed by a locked, graded check
     cell that calls a checker of the lesson's checks module; grade ids are unique."""
     found, ids = [], []
-    checks = importlib.import_module(lesson.checks)
+    try:
+        checks = importlib.import_module(lesson.checks)
+    except ImportError as err:
+        return [f"its checks module {lesson.checks} (course/lessons.toml) cannot be imported: {err}"]
     for i, cell in enumerate(nb.cells):
         meta = cell.get("metadata", {}).get("nbgrader")
         if cell.cell_type == "code" and BEGIN in cell.source:
