@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from course.attention import causal_mask
 from course.layers import LayerNorm, TransformerBlock
 from course.models.sizes import complete_sizes
-from course.models.weights import Step, chunk, load_plan, then, transpose
+from course.weights import Step, chunk, load_plan, then, transpose
 from course.positional import LearnedPositionalEmbedding
 
 
