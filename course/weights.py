@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 CONFIGURATION_QUESTION = "does the configuration (layers, vocabulary) match the checkpoint?"
+MODULE_QUESTION = "were both modules built with the same settings (sizes, bias)?"
 
 
 class WeightMismatchError(ValueError):
