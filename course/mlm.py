@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from course.data.sentences import split_words
-from course.train import lm_loss
+from course.lm import lm_loss
 
 __all__ = [
     "SPECIAL_TOKENS", "IGNORE_INDEX", "SpecialWordTokenizer", "apply_masking_rule", "mask_tokens",
