@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course.data.sentences import ItSentence, grammar_vocabulary, split_words
-from course.mlm import SpecialWordTokenizer
 from course.models.bert import BertConfig, BertEncoder
+from course.tokenizers import SpecialWordTokenizer
 
 __all__ = [
     "coref_tokenizer", "ItResolver", "CorefBatch", "coref_batch", "coref_batches", "coref_loss",
