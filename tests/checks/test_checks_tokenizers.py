@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from checker_assertions import assert_fails_with
 from course.checks.core import NOT_ATTEMPTED, PASSED
-from course.checks.tokens import (
+from course.checks.tokenizers import (
     check_merge,
     check_one_hot_embedding,
     check_pair_counts,
