@@ -133,8 +133,11 @@ def max_abs_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float(diff.max()) if diff.numel() else 0.0
 
 
-def _compare(got: Any, want: Any, names: Sequence[str], atol: float, rtol: float) -> tuple[str | None, float]:
-    """Return (problem or None, largest error) for one case; problems are phrased for learners."""
+def compare_outputs(got: Any, want: Any, names: Sequence[str], atol: float, rtol: float) -> tuple[str | None, float]:
+    """Compare a function's output(s) with the expected ones (tensors; ``names`` names each output).
+
+    Return (problem or None, largest error) for one case; problems are phrased for learners.
+    """
     got_t, want_t = _as_tuple(got), _as_tuple(want)
     if len(got_t) != len(want_t):
         return (f"returned {len(got_t)} value(s), expected {len(want_t)} ({', '.join(names)})", float("inf"))
@@ -199,7 +202,7 @@ def evaluate_function(
             return CheckResult(exercise, FAILED, f"your function raised {_describe_exception(exc)} (case {i + 1} of {len(cases)})")
         if not _same_inputs(given, args):
             return CheckResult(exercise, FAILED, "your function changed its input in place; work on new tensors instead")
-        problem, err = _compare(got, want, output_names, atol, rtol)
+        problem, err = compare_outputs(got, want, output_names, atol, rtol)
         worst = max(worst, err) if err != float("inf") else worst
         if problem is None:
             continue
@@ -218,7 +221,7 @@ def _diagnose(got: Any, args: tuple, mistakes: Sequence[Mistake], names, atol, r
             wrong = mistake.fn(*_clone(args))
         except Exception:
             continue
-        problem, _ = _compare(got, wrong, names, max(atol, 1e-5), max(rtol, 1e-4))
+        problem, _ = compare_outputs(got, wrong, names, max(atol, 1e-5), max(rtol, 1e-4))
         if problem is None:
             return mistake.hint
     return None
