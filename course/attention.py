@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange
 from torch import nn
 
 from course.weights import MODULE_QUESTION, Step, chunk, load_plan
+
+if TYPE_CHECKING:
+    from course.efficient import KVCache
 
 __all__ = [
     "attention_scores",
@@ -273,6 +277,10 @@ class MultiHeadAttention(nn.Module):
     ``mask`` is boolean, True = allowed, and broadcasts to [batch, heads, seq_q, seq_k]: a causal
     mask [seq_q, seq_k], a padding mask [batch, 1, 1, seq_k] (see :func:`padding_mask`), or a
     per-example mask [batch, seq_q, seq_k] (a heads axis is added).
+
+    ``cache`` (a :class:`course.efficient.KVCache`, lesson 11) holds the keys and values of earlier
+    positions: the new ones are appended to it and the queries attend to all of them, so ``seq_k``
+    counts the cached positions too.
     """
 
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
@@ -295,11 +303,13 @@ class MultiHeadAttention(nn.Module):
         return merge_heads(x)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                mask: torch.Tensor | None = None, need_weights: bool = False):
+                mask: torch.Tensor | None = None, need_weights: bool = False, cache: KVCache | None = None):
         _check_mha_inputs(query, key, value, self.d_model)
         q = self.split(self.q_proj(query))   # [batch, heads, seq_q, d_head]
         k = self.split(self.k_proj(key))     # [batch, heads, seq_k, d_head]
         v = self.split(self.v_proj(value))   # [batch, heads, seq_k, d_head]
+        if cache is not None:                # earlier positions' keys and values first (lesson 11)
+            k, v = cache.append(k, v)
         out, weights = scaled_dot_product_attention(q, k, v, _heads_mask(mask),
                                                     dropout=self.dropout if self.training else None)
         out = self.out_proj(self.merge(out))  # [batch, seq_q, d_model]

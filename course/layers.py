@@ -16,6 +16,7 @@ weights: :class:`LayerNorm` against ``torch.nn.LayerNorm``, :class:`RMSNorm` aga
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,9 @@ from torch import Tensor, nn
 
 from course.attention import MultiHeadAttention, check_torch_mha, torch_mha_plan
 from course.weights import MODULE_QUESTION, Step, load_plan
+
+if TYPE_CHECKING:
+    from course.efficient import KVCache
 
 __all__ = [
     "layer_norm",
@@ -273,16 +277,18 @@ class TransformerBlock(nn.Module):
     def _feed_forward(self, h: Tensor) -> Tensor:
         return self.dropout2(self.ffn(h))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False):
+    def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False,
+                cache: KVCache | None = None):
         """-> ``[batch, seq, d_model]``; with ``need_weights=True`` also the attention weights
-        ``[batch, heads, seq, seq]``, as ``(output, weights)``."""
+        ``[batch, heads, seq, seq]``, as ``(output, weights)``. ``cache``: the keys and values of
+        earlier positions, for self-attention (see :class:`course.attention.MultiHeadAttention`)."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"TransformerBlock(d_model={self.d_model}) expects x of shape "
                              f"[batch, seq, {self.d_model}], got {tuple(x.shape)}")
         kept: list[Tensor] = []
 
         def attend(h: Tensor) -> Tensor:
-            out, weights = self.self_attn(h, h, h, mask=mask, need_weights=True)
+            out, weights = self.self_attn(h, h, h, mask=mask, need_weights=True, cache=cache)
             kept.append(weights)
             return self.dropout1(out)
 
