@@ -17,10 +17,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange
 from torch import nn
+
+from course.weights import MODULE_QUESTION, Step, chunk, load_plan
+
+if TYPE_CHECKING:
+    from course.efficient import KVCache
 
 __all__ = [
     "attention_scores",
@@ -37,6 +43,8 @@ __all__ = [
     "MultiHeadAttentionEinops",
     "FusedQKVAttention",
     "mha_parameter_count",
+    "check_torch_mha",
+    "torch_mha_plan",
     "load_from_torch_mha",
     "copy_to_torch_mha",
     "fused_from_mha",
@@ -269,6 +277,10 @@ class MultiHeadAttention(nn.Module):
     ``mask`` is boolean, True = allowed, and broadcasts to [batch, heads, seq_q, seq_k]: a causal
     mask [seq_q, seq_k], a padding mask [batch, 1, 1, seq_k] (see :func:`padding_mask`), or a
     per-example mask [batch, seq_q, seq_k] (a heads axis is added).
+
+    ``cache`` (a :class:`course.efficient.KVCache`, lesson 11) holds the keys and values of earlier
+    positions: the new ones are appended to it and the queries attend to all of them, so ``seq_k``
+    counts the cached positions too.
     """
 
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
@@ -291,11 +303,13 @@ class MultiHeadAttention(nn.Module):
         return merge_heads(x)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                mask: torch.Tensor | None = None, need_weights: bool = False):
+                mask: torch.Tensor | None = None, need_weights: bool = False, cache: KVCache | None = None):
         _check_mha_inputs(query, key, value, self.d_model)
         q = self.split(self.q_proj(query))   # [batch, heads, seq_q, d_head]
         k = self.split(self.k_proj(key))     # [batch, heads, seq_k, d_head]
         v = self.split(self.v_proj(value))   # [batch, heads, seq_k, d_head]
+        if cache is not None:                # earlier positions' keys and values first (lesson 11)
+            k, v = cache.append(k, v)
         out, weights = scaled_dot_product_attention(q, k, v, _heads_mask(mask),
                                                     dropout=self.dropout if self.training else None)
         out = self.out_proj(self.merge(out))  # [batch, seq_q, d_model]
@@ -359,73 +373,53 @@ def mha_parameter_count(d_model: int, bias: bool = True) -> int:
 
 # ----------------------------------------------------------------------------- weights from/to PyTorch
 
-def _copy(dst: torch.Tensor | None, src: torch.Tensor | None, dst_name: str, src_name: str) -> None:
-    """dst <- src in place, with an error naming both parameters and their shapes."""
-    if (dst is None) != (src is None):
-        have, lack = (dst_name, src_name) if src is None else (src_name, dst_name)
-        raise ValueError(f"{have} exists but {lack} does not: create both modules with the same `bias` setting")
-    if dst is None:
-        return
-    if dst.shape != src.shape:
-        raise ValueError(f"cannot copy {src_name} of shape {_shape(src)} into {dst_name} of shape {_shape(dst)}")
-    with torch.no_grad():
-        dst.copy_(src)
-
-
-def _check_pair(ours: nn.Module, theirs: nn.MultiheadAttention) -> None:
+def check_torch_mha(ours: nn.Module, theirs: nn.MultiheadAttention, where: str = "") -> None:
+    """Raise ValueError (prefixed by ``where``) unless ours and torch's module have the same structure."""
     if not isinstance(theirs, nn.MultiheadAttention):
-        raise ValueError(f"expected a torch.nn.MultiheadAttention, got {type(theirs).__name__}")
+        raise ValueError(f"{where}expected a torch.nn.MultiheadAttention, got {type(theirs).__name__}")
     if not isinstance(ours, MultiHeadAttention):
-        raise ValueError(f"expected a course MultiHeadAttention, got {type(ours).__name__}")
+        raise ValueError(f"{where}expected a course MultiHeadAttention, got {type(ours).__name__}")
     if theirs.embed_dim != ours.d_model or theirs.num_heads != ours.num_heads:
-        raise ValueError(f"size mismatch: torch module has embed_dim={theirs.embed_dim}, num_heads={theirs.num_heads}; "
+        raise ValueError(f"{where}size mismatch: torch module has embed_dim={theirs.embed_dim}, num_heads={theirs.num_heads}; "
                          f"ours has d_model={ours.d_model}, num_heads={ours.num_heads}")
-    if not theirs._qkv_same_embed_dim:
-        raise ValueError("torch module was built with kdim/vdim different from embed_dim "
+    if theirs.in_proj_weight is None:
+        raise ValueError(f"{where}torch module was built with kdim/vdim different from embed_dim "
                          "(separate q_proj_weight/k_proj_weight/v_proj_weight); ours needs kdim = vdim = d_model")
     if theirs.bias_k is not None or theirs.add_zero_attn:
-        raise ValueError("torch module uses add_bias_kv/add_zero_attn, which ours does not have")
+        raise ValueError(f"{where}torch module uses add_bias_kv/add_zero_attn, which ours does not have")
 
 
-def _in_proj_chunks(theirs: nn.MultiheadAttention) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    d = theirs.embed_dim
-    w = theirs.in_proj_weight
-    if w.shape != (3 * d, d):
-        raise ValueError(f"in_proj_weight has shape {_shape(w)}, expected {(3 * d, d)} (q, k, v stacked)")
-    b = theirs.in_proj_bias
-    return list(w.split(d, dim=0)), (list(b.split(d, dim=0)) if b is not None else [None] * 3)
+def torch_mha_plan(ours: str = "", theirs: str = "") -> list[Step]:
+    """How our attention's parameters come from a ``torch.nn.MultiheadAttention``'s (a weight plan,
+    see :mod:`course.weights`); ``ours`` and ``theirs`` prefix the names (``"self_attn."``).
+
+    torch keeps q, k, v stacked in one ``in_proj_weight`` [3*d_model, d_model] (and ``in_proj_bias``);
+    each third goes to ``q_proj``, ``k_proj``, ``v_proj``; ``out_proj`` maps one to one.
+    """
+    plan = []
+    for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+        plan += [Step(f"{ours}{name}.weight", f"{theirs}in_proj_weight", chunk(i, 3, dim=0)),
+                 Step(f"{ours}{name}.bias", f"{theirs}in_proj_bias", chunk(i, 3, dim=0), optional=True)]
+    plan += [Step(f"{ours}out_proj.weight", f"{theirs}out_proj.weight"),
+             Step(f"{ours}out_proj.bias", f"{theirs}out_proj.bias", optional=True)]
+    return plan
 
 
 def load_from_torch_mha(ours: MultiHeadAttention, theirs: nn.MultiheadAttention) -> MultiHeadAttention:
     """Copy the weights of a ``torch.nn.MultiheadAttention`` into ours (in place); return ours.
 
-    torch keeps q, k, v stacked in one ``in_proj_weight`` [3*d_model, d_model] (and ``in_proj_bias``);
-    they go to ``q_proj``, ``k_proj``, ``v_proj``; ``out_proj`` maps one to one.
+    Follows :func:`torch_mha_plan`; a parameter that does not fit raises
+    :class:`course.weights.WeightMismatchError` naming it.
     """
-    _check_pair(ours, theirs)
-    weights, biases = _in_proj_chunks(theirs)
-    for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        lin = getattr(ours, name)
-        rows = f"in_proj_weight[{i}*d:{i + 1}*d]"
-        _copy(lin.weight, weights[i], f"{name}.weight", rows)
-        _copy(lin.bias, biases[i], f"{name}.bias", f"in_proj_bias[{i}*d:{i + 1}*d]" if biases[i] is not None else "in_proj_bias")
-    _copy(ours.out_proj.weight, theirs.out_proj.weight, "out_proj.weight", "out_proj.weight (torch)")
-    _copy(ours.out_proj.bias, theirs.out_proj.bias, "out_proj.bias", "out_proj.bias (torch)")
-    return ours
+    check_torch_mha(ours, theirs)
+    return load_plan(ours, theirs.state_dict(), torch_mha_plan(), question=MODULE_QUESTION)
 
 
 def copy_to_torch_mha(ours: MultiHeadAttention, theirs: nn.MultiheadAttention) -> nn.MultiheadAttention:
     """The other direction: copy our weights into a ``torch.nn.MultiheadAttention`` (in place); return it."""
-    _check_pair(ours, theirs)
-    weights, biases = _in_proj_chunks(theirs)
-    for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        lin = getattr(ours, name)
-        _copy(weights[i], lin.weight, f"in_proj_weight[{i}*d:{i + 1}*d]", f"{name}.weight")
-        _copy(biases[i], lin.bias, f"in_proj_bias[{i}*d:{i + 1}*d]" if biases[i] is not None else "in_proj_bias",
-              f"{name}.bias")
-    _copy(theirs.out_proj.weight, ours.out_proj.weight, "out_proj.weight (torch)", "out_proj.weight")
-    _copy(theirs.out_proj.bias, ours.out_proj.bias, "out_proj.bias (torch)", "out_proj.bias")
-    return theirs
+    check_torch_mha(ours, theirs)
+    reverse = [Step(step.source, step.target, into=step.transform, optional=step.optional) for step in torch_mha_plan()]
+    return load_plan(theirs, ours.state_dict(), reverse, question=MODULE_QUESTION)
 
 
 def fused_from_mha(mha: MultiHeadAttention) -> FusedQKVAttention:

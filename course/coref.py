@@ -12,9 +12,8 @@ information from that noun to "it" through attention, so it is worth asking whic
 :func:`it_attention_accuracy` measures, for every layer and head, how often the attention row of
 "it" puts more weight on the right noun than on the wrong one.
 
-Also here: adapters from the course's models to bertviz's format (a tuple with one
-``[batch, heads, seq, seq]`` tensor per layer) for the encoder, the GPT and the encoder-decoder's
-cross-attention, and the same "it" measurement for a real pretrained BERT-family model.
+Also here: the same "it" measurement for a real pretrained BERT-family model, and the explorers of
+the lesson. The pictures (bertviz adapters, the table of heads) live in :mod:`course.viz`.
 """
 from __future__ import annotations
 
@@ -27,14 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course.data.sentences import ItSentence, grammar_vocabulary, split_words
-from course.mlm import SpecialWordTokenizer
 from course.models.bert import BertConfig, BertEncoder
+from course.tokenizers import SpecialWordTokenizer
 
 __all__ = [
     "coref_tokenizer", "ItResolver", "CorefBatch", "coref_batch", "coref_batches", "coref_loss",
     "coref_accuracy", "resolve_it", "encoder_attentions", "referent_attention_accuracy",
-    "it_attention_accuracy", "rollout_it_accuracy", "best_heads", "to_bertviz", "gpt_attentions", "cross_attentions_for_bertviz",
-    "pretrained_it_attention", "word_positions", "coref_explorer", "pretrained_explorer", "pretrained_it_leans", "draw_head_table",
+    "it_attention_accuracy", "rollout_it_accuracy", "best_heads",
+    "pretrained_it_attention", "word_positions", "coref_explorer", "pretrained_explorer", "pretrained_it_leans",
 ]
 
 
@@ -238,53 +237,6 @@ def best_heads(scores: Tensor, k: int = 3) -> list[tuple[int, int, float]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# bertviz adapters
-# ----------------------------------------------------------------------------------------------
-
-def to_bertviz(weights: Sequence[Tensor] | Tensor, decimals: int = 3) -> tuple[Tensor, ...]:
-    """Attention in bertviz's format: a tuple with one ``[batch, heads, q, k]`` tensor per layer.
-
-    Accepts a list of per-layer ``[b, heads, q, k]`` tensors, a stacked ``[layers, b, heads, q, k]``
-    tensor, or ``[layers, heads, q, k]`` (batch of one). Values are rounded to ``decimals`` places
-    (as float64, so they print short) which keeps bertviz's HTML small.
-    """
-    if isinstance(weights, Tensor):
-        if weights.dim() == 4:
-            weights = weights.unsqueeze(1)
-        if weights.dim() != 5:
-            raise ValueError(f"expected [layers, batch, heads, q, k] or [layers, heads, q, k], got {tuple(weights.shape)}")
-        weights = list(weights)
-    out = []
-    for i, w in enumerate(weights):
-        if w.dim() != 4:
-            raise ValueError(f"layer {i}: expected [batch, heads, q, k], got {tuple(w.shape)}")
-        out.append(torch.round(w.detach().double().cpu(), decimals=decimals))
-    if not out:
-        raise ValueError("no layers given")
-    return tuple(out)
-
-
-@torch.no_grad()
-def gpt_attentions(model: nn.Module, idx: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """Run a course :class:`~course.models.GPT` keeping its (causal) attention weights.
-
-    ``idx [b, s] -> (hidden [b, s, d] after the final norm, [weights [b, heads, s, s] per layer])``;
-    the hidden states equal ``model.hidden_states(idx)`` (same arithmetic).
-    """
-    model.eval()
-    return model.hidden_states(idx, need_weights=True)
-
-
-@torch.no_grad()
-def cross_attentions_for_bertviz(model: nn.Module, src: Tensor, tgt_in: Tensor, decimals: int = 3) -> tuple[Tensor, ...]:
-    """The encoder-decoder's cross-attention per decoder layer, ``[b, heads, t, s]`` each, for bertviz's
-    ``head_view(cross_attention=..., encoder_tokens=..., decoder_tokens=...)``."""
-    model.eval()
-    _, cross = model.decode(tgt_in, model.encode(src), src, need_weights=True)
-    return to_bertviz(cross, decimals)
-
-
-# ----------------------------------------------------------------------------------------------
 # A real pretrained model on the two classic sentences
 # ----------------------------------------------------------------------------------------------
 
@@ -393,27 +345,3 @@ def pretrained_it_leans(encoder: BertEncoder, tokenizer, template: str = "The an
     both = (lean_place > 0) & (lean_animal > 0)
     out["both"] = [(int(l), int(h)) for l, h in both.nonzero()]
     return out
-
-
-def draw_head_table(ax, table: Tensor, title: str = "", vmin: float = 0.0, vmax: float = 1.0, cmap: str = "Blues",
-                    fmt: str = "{:.2f}"):
-    """A ``[layers, heads]`` table as an annotated heatmap (rows: layers, columns: heads). Returns the image."""
-    values = table.detach().float().cpu().numpy()
-    if values.ndim != 2:
-        raise ValueError(f"table must be [layers, heads], got shape {values.shape}")
-    im = ax.imshow(values, vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
-    ax.grid(False)
-    ax.set_xticks(range(values.shape[1]), labels=[str(h) for h in range(values.shape[1])])
-    ax.set_yticks(range(values.shape[0]), labels=[str(l) for l in range(values.shape[0])])
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    if title:
-        ax.set_title(title)
-    if values.size <= 96:
-        span = vmax - vmin
-        for l in range(values.shape[0]):
-            for h in range(values.shape[1]):
-                v = values[l, h]
-                dark = (v - vmin) / span > 0.65 if cmap == "Blues" else abs(v - (vmin + vmax) / 2) / span > 0.35
-                ax.text(h, l, fmt.format(v), ha="center", va="center", fontsize=7, color="white" if dark else "black")
-    return im

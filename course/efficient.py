@@ -9,8 +9,9 @@
   what each algorithm keeps in memory, counted and measured.
 - Sparse patterns as masks: :func:`sliding_window_mask` (Longformer), :func:`bigbird_mask` (BigBird),
   :func:`lsh_buckets` / :func:`lsh_mask` (Reformer), with :func:`mask_density` as their cost.
-- :class:`KVCache`, :func:`gpt_forward_cached` and :func:`greedy_decode`: autoregressive decoding that
-  reuses the keys and values of earlier tokens instead of recomputing them.
+- :class:`KVCache` and :func:`greedy_decode`: autoregressive decoding that reuses the keys and values
+  of earlier tokens instead of recomputing them (the course's GPT takes one cache per block:
+  ``model(new_ids, caches=caches)``).
 
 Shapes follow the course's conventions: ``[batch, heads, seq, d_head]``; masks are boolean with
 True where attention is allowed.
@@ -30,7 +31,7 @@ __all__ = [
     "online_softmax_update", "init_online_state", "tiled_attention_keys", "flash_attention_torch",
     "naive_attention_bytes", "tiled_attention_bytes", "TensorMemoryTracker", "measure_peak_bytes",
     "sliding_window_mask", "bigbird_mask", "lsh_buckets", "lsh_mask", "mask_density",
-    "kv_append", "KVCache", "gpt_forward_cached", "greedy_decode", "fit_power_law",
+    "kv_append", "KVCache", "greedy_decode", "fit_power_law",
 ]
 
 
@@ -428,43 +429,6 @@ class KVCache:
         return f"KVCache(length={len(self)}, max_length={self.max_length})"
 
 
-def _cached_self_attention(attn, h: Tensor, cache: KVCache) -> Tensor:
-    """A :class:`course.attention.MultiHeadAttention`'s forward for new positions, reusing a cache.
-
-    h: [batch, s, d_model] (the s newest positions) -> [batch, s, d_model].
-    """
-    from course.attention import scaled_dot_product_attention
-    start = len(cache)
-    q = attn.split(attn.q_proj(h))                       # [batch, heads, s, d_head]
-    k, v = cache.append(attn.split(attn.k_proj(h)), attn.split(attn.v_proj(h)))  # [batch, heads, start+s, d_head]
-    s = h.shape[1]
-    qi = torch.arange(start, start + s, device=h.device)[:, None]
-    mask = torch.arange(start + s, device=h.device)[None, :] <= qi   # [s, start+s]: causal, shifted
-    out, _ = scaled_dot_product_attention(q, k, v, mask)
-    return attn.out_proj(attn.merge(out))
-
-
-def gpt_forward_cached(model, idx_new: Tensor, caches: list[KVCache]) -> Tensor:
-    """Logits for the newest tokens of a :class:`course.models.GPT`, reusing cached keys and values.
-
-    idx_new: long [batch, s], the tokens after the ``len(caches[0])`` already processed
-    -> logits [batch, s, vocab]. Uses the model's own modules; equal to ``model(whole)[:, -s:]``.
-    """
-    from course.layers import sublayer_connection
-    if len(caches) != len(model.blocks):
-        raise ValueError(f"need one KVCache per block: {len(model.blocks)} blocks, {len(caches)} caches")
-    start = len(caches[0])
-    if idx_new.dim() != 2 or start + idx_new.shape[1] > model.context_length:
-        raise ValueError(f"idx_new must be [batch, s] with {start} + s <= context length "
-                         f"{model.context_length}, got {_shape(idx_new)}")
-    x = model.position_embedding(model.token_embedding(idx_new), start=start)
-    for block, cache in zip(model.blocks, caches):
-        x = sublayer_connection(x, lambda h, b=block, c=cache: b.dropout1(_cached_self_attention(b.self_attn, h, c)),
-                                block.norm1, block.norm_first)
-        x = sublayer_connection(x, block._feed_forward, block.norm2, block.norm_first)
-    return model.lm_head(model.final_norm(x))
-
-
 @torch.no_grad()
 @torch.no_grad()
 def greedy_decode(model, prompt: Tensor, new_tokens: int, use_cache: bool = True) -> Tensor:
@@ -483,10 +447,10 @@ def greedy_decode(model, prompt: Tensor, new_tokens: int, use_cache: bool = True
             idx = torch.cat([idx, nxt], dim=1)
         return idx
     caches = [KVCache(model.context_length) for _ in model.blocks]
-    logits = gpt_forward_cached(model, prompt, caches)            # prefill: the whole prompt at once
+    logits = model(prompt, caches=caches)                         # prefill: the whole prompt at once
     for _ in range(new_tokens):
         nxt = logits[:, -1].argmax(dim=-1, keepdim=True)
         idx = torch.cat([idx, nxt], dim=1)
         if idx.shape[1] < prompt.shape[1] + new_tokens:
-            logits = gpt_forward_cached(model, nxt, caches)       # one new token per step
+            logits = model(nxt, caches=caches)                    # one new token per step
     return idx

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from course.tokenizers import Tokenizer
+
 __all__ = [
     "apply_temperature",
     "top_k_filter",
@@ -276,7 +278,7 @@ def prompt_problem(prompt: Any, tokenizer: Any) -> str:
     return ""
 
 
-def generate_text(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int = 100,
+def generate_text(model: nn.Module, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 100,
                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                   greedy: bool = False, generator: torch.Generator | None = None) -> str:
     """Encode ``prompt``, :func:`generate`, decode: returns the prompt followed by the new text.
@@ -285,7 +287,7 @@ def generate_text(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens:
     :func:`validate_sampling`): an empty prompt, characters outside the vocabulary (named),
     a negative temperature, ``top_k < 1``, ``top_p`` outside ``(0, 1]``. A prompt longer than the
     context window is allowed: the model reads only its last ``context_length`` tokens.
-    ``tokenizer`` needs ``encode(str) -> list[int]`` and ``decode(list[int]) -> str``.
+    ``tokenizer`` is any :class:`course.tokenizers.Tokenizer` (it needs ``encode`` and ``decode``).
     """
     _raise_if(prompt_problem(prompt, tokenizer) or validate_sampling(temperature, top_k, top_p, max_new_tokens))
     device = next(model.parameters()).device

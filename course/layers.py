@@ -16,12 +16,17 @@ weights: :class:`LayerNorm` against ``torch.nn.LayerNorm``, :class:`RMSNorm` aga
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from course.attention import MultiHeadAttention, load_from_torch_mha
+from course.attention import MultiHeadAttention, check_torch_mha, torch_mha_plan
+from course.weights import MODULE_QUESTION, Step, load_plan
+
+if TYPE_CHECKING:
+    from course.efficient import KVCache
 
 __all__ = [
     "layer_norm",
@@ -34,8 +39,12 @@ __all__ = [
     "FeedForward",
     "make_norm",
     "TransformerBlock",
+    "check_torch_encoder_layer",
+    "torch_encoder_layer_plan",
     "load_from_torch_encoder_layer",
     "DecoderBlock",
+    "check_torch_decoder_layer",
+    "torch_decoder_layer_plan",
     "load_from_torch_decoder_layer",
     "count_parameters",
     "block_parameter_breakdown",
@@ -268,16 +277,18 @@ class TransformerBlock(nn.Module):
     def _feed_forward(self, h: Tensor) -> Tensor:
         return self.dropout2(self.ffn(h))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False):
+    def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False,
+                cache: KVCache | None = None):
         """-> ``[batch, seq, d_model]``; with ``need_weights=True`` also the attention weights
-        ``[batch, heads, seq, seq]``, as ``(output, weights)``."""
+        ``[batch, heads, seq, seq]``, as ``(output, weights)``. ``cache``: the keys and values of
+        earlier positions, for self-attention (see :class:`course.attention.MultiHeadAttention`)."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"TransformerBlock(d_model={self.d_model}) expects x of shape "
                              f"[batch, seq, {self.d_model}], got {tuple(x.shape)}")
         kept: list[Tensor] = []
 
         def attend(h: Tensor) -> Tensor:
-            out, weights = self.self_attn(h, h, h, mask=mask, need_weights=True)
+            out, weights = self.self_attn(h, h, h, mask=mask, need_weights=True, cache=cache)
             kept.append(weights)
             return self.dropout1(out)
 
@@ -290,18 +301,6 @@ class TransformerBlock(nn.Module):
 # Weights from PyTorch, and parameter counting
 # ---------------------------------------------------------------------------------------------
 
-def _copy(dst: Tensor | None, src: Tensor | None, name: str) -> None:
-    if (dst is None) != (src is None):
-        have = "ours has it and torch's does not" if src is None else "torch's has it and ours does not"
-        raise ValueError(f"{name}: {have} (build both with the same bias setting)")
-    if dst is None:
-        return
-    if dst.shape != src.shape:
-        raise ValueError(f"{name}: ours has shape {tuple(dst.shape)}, torch's has shape {tuple(src.shape)}")
-    with torch.no_grad():
-        dst.copy_(src)
-
-
 def _torch_activation_name(layer: nn.TransformerEncoderLayer) -> str:
     act = layer.activation
     if act is F.relu or isinstance(act, nn.ReLU):
@@ -311,15 +310,14 @@ def _torch_activation_name(layer: nn.TransformerEncoderLayer) -> str:
     return getattr(act, "__name__", type(act).__name__)
 
 
-@torch.no_grad()
-def load_from_torch_encoder_layer(ours: TransformerBlock, theirs: nn.TransformerEncoderLayer) -> TransformerBlock:
-    """Copy the weights of ``torch.nn.TransformerEncoderLayer`` into our block (in place; returns it).
+def _linear_steps(ours: str, theirs: str) -> list[Step]:
+    """``ours.weight <- theirs.weight`` and the biases, if either side has them (a Linear or a norm)."""
+    return [Step(f"{ours}.weight", f"{theirs}.weight"), Step(f"{ours}.bias", f"{theirs}.bias", optional=True)]
 
-    Torch keeps the query, key and value projections in one ``in_proj_weight: [3*d, d]``; it is
-    split into ``q_proj``, ``k_proj``, ``v_proj`` (by :func:`course.attention.load_from_torch_mha`).
-    A mismatch (shape, bias, activation, norm
-    placement, norm kind) raises a ``ValueError`` naming the parameter and both shapes.
-    """
+
+def check_torch_encoder_layer(ours: TransformerBlock, theirs: nn.TransformerEncoderLayer) -> None:
+    """Raise unless our block and torch's layer compute the same function (given the same weights):
+    the same norm placement, activation, norm kind and eps, and attention of the same size."""
     if not isinstance(theirs, nn.TransformerEncoderLayer):
         raise TypeError(f"expected torch.nn.TransformerEncoderLayer, got {type(theirs).__name__}")
     if bool(theirs.norm_first) != bool(ours.norm_first):
@@ -331,23 +329,29 @@ def load_from_torch_encoder_layer(ours: TransformerBlock, theirs: nn.Transformer
         raise ValueError(f"torch's layer uses LayerNorm; ours uses {type(ours.norm1).__name__}")
     if ours.norm1.eps != theirs.norm1.eps:
         raise ValueError(f"norm eps differs: ours {ours.norm1.eps:g}, torch's {theirs.norm1.eps:g}")
-    try:
-        load_from_torch_mha(ours.self_attn, theirs.self_attn)
-    except ValueError as exc:
-        raise ValueError(f"self_attn: {exc}") from None
-    pairs = [
-        ("ffn.linear1.weight (torch: linear1.weight)", ours.ffn.linear1.weight, theirs.linear1.weight),
-        ("ffn.linear1.bias (torch: linear1.bias)", ours.ffn.linear1.bias, theirs.linear1.bias),
-        ("ffn.linear2.weight (torch: linear2.weight)", ours.ffn.linear2.weight, theirs.linear2.weight),
-        ("ffn.linear2.bias (torch: linear2.bias)", ours.ffn.linear2.bias, theirs.linear2.bias),
-        ("norm1.weight", ours.norm1.weight, theirs.norm1.weight),
-        ("norm1.bias", ours.norm1.bias, theirs.norm1.bias),
-        ("norm2.weight", ours.norm2.weight, theirs.norm2.weight),
-        ("norm2.bias", ours.norm2.bias, theirs.norm2.bias),
-    ]
-    for name, dst, src in pairs:
-        _copy(dst, src, name)
-    return ours
+    check_torch_mha(ours.self_attn, theirs.self_attn, where="self_attn: ")
+
+
+def torch_encoder_layer_plan(ours: str = "", theirs: str = "") -> list[Step]:
+    """How a :class:`TransformerBlock`'s parameters come from a ``torch.nn.TransformerEncoderLayer``'s
+    (a weight plan, see :mod:`course.weights`); ``ours`` and ``theirs`` prefix the names."""
+    plan = torch_mha_plan(f"{ours}self_attn.", f"{theirs}self_attn.")
+    for mine, torchs in [("ffn.linear1", "linear1"), ("ffn.linear2", "linear2"), ("norm1", "norm1"), ("norm2", "norm2")]:
+        plan += _linear_steps(f"{ours}{mine}", f"{theirs}{torchs}")
+    return plan
+
+
+def load_from_torch_encoder_layer(ours: TransformerBlock, theirs: nn.TransformerEncoderLayer) -> TransformerBlock:
+    """Copy the weights of ``torch.nn.TransformerEncoderLayer`` into our block (in place; returns it).
+
+    Torch keeps the query, key and value projections in one ``in_proj_weight: [3*d, d]``; it is
+    split into ``q_proj``, ``k_proj``, ``v_proj`` (see :func:`course.attention.torch_mha_plan`).
+    A different structure (activation, norm placement, norm kind) raises a ``ValueError`` saying
+    so; a parameter that does not fit raises :class:`course.weights.WeightMismatchError` naming it
+    and both shapes.
+    """
+    check_torch_encoder_layer(ours, theirs)
+    return load_plan(ours, theirs.state_dict(), torch_encoder_layer_plan(), question=MODULE_QUESTION)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -439,24 +443,30 @@ class DecoderBlock(nn.Module):
         return (x, cross[0]) if need_weights else x
 
 
-@torch.no_grad()
-def load_from_torch_decoder_layer(ours: DecoderBlock, theirs: nn.TransformerDecoderLayer) -> DecoderBlock:
-    """Copy ``torch.nn.TransformerDecoderLayer``'s weights into our block (in place; returns it).
-
-    Mismatches raise a ``ValueError`` naming the parameter and both shapes.
-    """
+def check_torch_decoder_layer(ours: DecoderBlock, theirs: nn.TransformerDecoderLayer) -> None:
+    """Raise unless our decoder block and torch's layer have the same norm placement and attention sizes."""
     if not isinstance(theirs, nn.TransformerDecoderLayer):
         raise TypeError(f"expected torch.nn.TransformerDecoderLayer, got {type(theirs).__name__}")
     if bool(theirs.norm_first) != bool(ours.norm_first):
         raise ValueError(f"norm_first differs: ours {ours.norm_first}, torch's {theirs.norm_first}")
     for name in ("self_attn", "multihead_attn"):
-        try:
-            load_from_torch_mha(getattr(ours, name), getattr(theirs, name))
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
-    for ours_name, theirs_name in [("ffn.linear1", "linear1"), ("ffn.linear2", "linear2"),
-                                   ("norm1", "norm1"), ("norm2", "norm2"), ("norm3", "norm3")]:
-        dst, src = ours.get_submodule(ours_name), theirs.get_submodule(theirs_name)
-        _copy(dst.weight, src.weight, f"{ours_name}.weight (torch: {theirs_name}.weight)")
-        _copy(dst.bias, src.bias, f"{ours_name}.bias (torch: {theirs_name}.bias)")
-    return ours
+        check_torch_mha(getattr(ours, name), getattr(theirs, name), where=f"{name}: ")
+
+
+def torch_decoder_layer_plan(ours: str = "", theirs: str = "") -> list[Step]:
+    """How a :class:`DecoderBlock`'s parameters come from a ``torch.nn.TransformerDecoderLayer``'s."""
+    plan = torch_mha_plan(f"{ours}self_attn.", f"{theirs}self_attn.")
+    plan += torch_mha_plan(f"{ours}multihead_attn.", f"{theirs}multihead_attn.")
+    for mine, torchs in [("ffn.linear1", "linear1"), ("ffn.linear2", "linear2"),
+                         ("norm1", "norm1"), ("norm2", "norm2"), ("norm3", "norm3")]:
+        plan += _linear_steps(f"{ours}{mine}", f"{theirs}{torchs}")
+    return plan
+
+
+def load_from_torch_decoder_layer(ours: DecoderBlock, theirs: nn.TransformerDecoderLayer) -> DecoderBlock:
+    """Copy ``torch.nn.TransformerDecoderLayer``'s weights into our block (in place; returns it).
+
+    A parameter that does not fit raises :class:`course.weights.WeightMismatchError` naming it and both shapes.
+    """
+    check_torch_decoder_layer(ours, theirs)
+    return load_plan(ours, theirs.state_dict(), torch_decoder_layer_plan(), question=MODULE_QUESTION)

@@ -4,6 +4,7 @@
   token with its frequency in the training text. A transformer must beat it to have learned anything
   about *order*.
 - :func:`random_windows`: a batch of random windows ``x`` and the same windows shifted by one, ``y``.
+- :func:`lm_loss`: the mean next-token cross-entropy of a batch of logits (the training loss).
 - :func:`fixed_windows` and :func:`sequence_loss`: a deterministic validation loss.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["unigram_loss", "random_windows", "fixed_windows", "sequence_loss"]
+__all__ = ["unigram_loss", "random_windows", "fixed_windows", "lm_loss", "sequence_loss"]
 
 
 def _as_ids(ids: Sequence[int] | Tensor, name: str) -> Tensor:
@@ -67,6 +68,18 @@ def fixed_windows(data: Tensor, block: int, max_windows: int | None = None) -> t
     x = data[: n * block].view(n, block)
     y = data[1: n * block + 1].view(n, block)
     return x, y
+
+
+def lm_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+    """Mean cross-entropy of next-token predictions.
+
+    ``logits: [batch, seq, vocab]``, ``targets: [batch, seq]`` (positions equal to
+    ``ignore_index`` do not count) -> a scalar.
+    """
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(f"lm_loss expects logits [batch, seq, vocab] and targets [batch, seq], "
+                         f"got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
 
 
 @torch.no_grad()

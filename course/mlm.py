@@ -8,106 +8,27 @@ hold -100, the index ``torch.nn.functional.cross_entropy`` ignores).
 :func:`apply_masking_rule` is the rule with its random draws passed in (so it can be checked
 exactly); :func:`mask_tokens` draws them from a seeded ``torch.Generator`` and calls it.
 
-Also: a word-level tokenizer with BERT's special tokens (:class:`SpecialWordTokenizer`), batching,
-the MLM loss, top-k predictions for ``[MASK]`` positions, the padding mask of a bidirectional
-encoder, [CLS] and mean pooling, and accuracy of a classifier.
+Also batching (with :class:`course.tokenizers.SpecialWordTokenizer`, words with BERT's special
+tokens), the MLM loss, top-k predictions for ``[MASK]`` positions, the padding mask of a
+bidirectional encoder, [CLS] and mean pooling, and accuracy of a classifier.
 """
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from course.data.sentences import split_words
-from course.train import lm_loss
+from course.lm import lm_loss
+from course.tokenizers import SPECIAL_TOKENS, SpecialWordTokenizer
 
 __all__ = [
-    "SPECIAL_TOKENS", "IGNORE_INDEX", "SpecialWordTokenizer", "apply_masking_rule", "mask_tokens",
+    "IGNORE_INDEX", "apply_masking_rule", "mask_tokens",
     "masking_fractions", "mlm_batches", "mlm_loss", "top_predictions", "bidirectional_mask",
     "mean_pool", "cls_pool", "classification_batches", "classification_loss", "accuracy",
 ]
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 IGNORE_INDEX = -100
-
-
-# ----------------------------------------------------------------------------------------------
-# Tokenizer with special tokens
-# ----------------------------------------------------------------------------------------------
-
-class SpecialWordTokenizer:
-    """One id per word, with BERT's special tokens first: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
-
-    Words are split (and lower-cased) by ``split`` (default :func:`course.data.sentences.split_words`).
-    ``encode`` wraps a text as ``[CLS] words [SEP]``; ``batch`` pads a list of texts with [PAD].
-    """
-
-    def __init__(self, words: Iterable[str], split: Callable[[str], list[str]] = split_words) -> None:
-        self.itos: list[str] = list(SPECIAL_TOKENS) + [w for w in dict.fromkeys(words) if w not in SPECIAL_TOKENS]
-        self.stoi: dict[str, int] = {w: i for i, w in enumerate(self.itos)}
-        self.split = split
-        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = range(len(SPECIAL_TOKENS))
-        self.num_special = len(SPECIAL_TOKENS)
-
-    @classmethod
-    def fit(cls, texts: Iterable[str], max_vocab: int | None = None,
-            split: Callable[[str], list[str]] = split_words) -> SpecialWordTokenizer:
-        """Vocabulary: the words of ``texts``, most frequent first (ties alphabetical), after the specials."""
-        counts = Counter(w for t in texts for w in split(t))
-        if not counts:
-            raise ValueError("cannot fit a tokenizer on texts without words")
-        ranked = sorted(counts, key=lambda w: (-counts[w], w))
-        if max_vocab is not None:
-            ranked = ranked[: max(0, max_vocab - len(SPECIAL_TOKENS))]
-        return cls(ranked, split)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.itos)
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def encode(self, text: str, add_special: bool = True) -> list[int]:
-        """``text`` -> ids, ``[CLS] ... [SEP]`` around them if ``add_special``; "[MASK]" is kept as the mask token."""
-        ids = []
-        for piece in text.replace("[MASK]", " \0 ").split("\0"):
-            ids += [self.stoi.get(w, self.unk_id) for w in self.split(piece)]
-            ids.append(self.mask_id)
-        ids.pop()
-        return [self.cls_id, *ids, self.sep_id] if add_special else ids
-
-    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
-        return " ".join(self.itos[i] for i in ids if not (skip_special and i < self.num_special))
-
-    def batch(self, texts: Sequence[str], max_len: int | None = None) -> tuple[Tensor, Tensor]:
-        """Encode and pad: -> (ids [batch, seq] long, attention_mask [batch, seq] long, 1 = real token).
-
-        ``seq`` is the longest encoding; a text longer than ``max_len`` raises a ValueError naming it.
-        """
-        if isinstance(texts, str) or not texts:
-            raise ValueError("batch expects a non-empty list of texts")
-        encoded = [self.encode(t) for t in texts]
-        longest = max(len(e) for e in encoded)
-        if max_len is not None and longest > max_len:
-            i = max(range(len(encoded)), key=lambda j: len(encoded[j]))
-            raise ValueError(f"text {i} has {longest} tokens with [CLS] and [SEP], more than max_len={max_len}")
-        ids = torch.full((len(encoded), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), longest), dtype=torch.long)
-        for row, e in enumerate(encoded):
-            ids[row, : len(e)] = torch.tensor(e)
-            mask[row, : len(e)] = 1
-        return ids, mask
-
-    def special_mask(self, ids: Tensor) -> Tensor:
-        """True at special tokens ([PAD], [UNK], [CLS], [SEP], [MASK]): ``ids [...] -> bool [...]``."""
-        return ids < self.num_special
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """Turning text into integers: characters, words, and a byte-pair encoder trained from scratch.
 
-Three tokenisers with one interface (``encode(text) -> list[int]``, ``decode(ids) -> str``,
-``pieces(text) -> list[str]`` for display, ``vocab_size``):
+Four tokenisers with one interface, :class:`Tokenizer` (``encode(text) -> list[int]``,
+``decode(ids) -> str``, ``vocab_size``):
 
 - :class:`CharTokenizer`: one id per character seen in the training text.
 - :class:`WordTokenizer`: one id per word or punctuation mark; unknown words become ``<unk>`` and
   decoding loses the original spacing.
+- :class:`SpecialWordTokenizer`: lower-cased words with BERT's special tokens ([PAD], [CLS], [MASK],
+  ...) first, and padded batches, for the encoders of lessons 07 and 10.
 - :class:`BPETokenizer`: byte-pair encoding on UTF-8 bytes. It starts from the 256 byte values, so
   it can encode *any* string and decode it back exactly, and learns merges of frequent neighbours.
+
+All but :class:`SpecialWordTokenizer` also show ``pieces(text) -> list[str]``, the text of each token.
 
 And the embedding lookup every model starts with: :func:`one_hot_embedding` shows that
 ``nn.Embedding`` is a one-hot vector times a matrix, done without building the one-hot vector.
@@ -16,13 +20,34 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
+from course.data.sentences import split_words
 
 UNK = "<unk>"
 REPLACEMENT = "\N{REPLACEMENT CHARACTER}"  # what CharTokenizer decodes its <unk> id to
+
+
+# ----------------------------------------------------------------------------------------------
+# The interface
+# ----------------------------------------------------------------------------------------------
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What every tokenizer of the course offers, and all that :func:`course.generate.generate_text`
+    needs: ``encode(text) -> ids``, ``decode(ids) -> text`` and ``vocab_size`` (the number of ids, the
+    size of a model's embedding table)."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,6 +166,82 @@ class WordTokenizer:
 
     def pieces(self, text: str) -> list[str]:
         return [self.itos[i] for i in self.encode(text)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Words, with BERT's special tokens (lessons 07 and 10)
+# ----------------------------------------------------------------------------------------------
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class SpecialWordTokenizer:
+    """One id per word, with BERT's special tokens first: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
+
+    Words are split (and lower-cased) by ``split`` (default :func:`course.data.sentences.split_words`).
+    ``encode`` wraps a text as ``[CLS] words [SEP]``; ``batch`` pads a list of texts with [PAD].
+    """
+
+    def __init__(self, words: Iterable[str], split: Callable[[str], list[str]] = split_words) -> None:
+        self.itos: list[str] = list(SPECIAL_TOKENS) + [w for w in dict.fromkeys(words) if w not in SPECIAL_TOKENS]
+        self.stoi: dict[str, int] = {w: i for i, w in enumerate(self.itos)}
+        self.split = split
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = range(len(SPECIAL_TOKENS))
+        self.num_special = len(SPECIAL_TOKENS)
+
+    @classmethod
+    def fit(cls, texts: Iterable[str], max_vocab: int | None = None,
+            split: Callable[[str], list[str]] = split_words) -> SpecialWordTokenizer:
+        """Vocabulary: the words of ``texts``, most frequent first (ties alphabetical), after the specials."""
+        counts = Counter(w for t in texts for w in split(t))
+        if not counts:
+            raise ValueError("cannot fit a tokenizer on texts without words")
+        ranked = sorted(counts, key=lambda w: (-counts[w], w))
+        if max_vocab is not None:
+            ranked = ranked[: max(0, max_vocab - len(SPECIAL_TOKENS))]
+        return cls(ranked, split)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        """``text`` -> ids, ``[CLS] ... [SEP]`` around them if ``add_special``; "[MASK]" is kept as the mask token."""
+        ids = []
+        for piece in text.replace("[MASK]", " \0 ").split("\0"):
+            ids += [self.stoi.get(w, self.unk_id) for w in self.split(piece)]
+            ids.append(self.mask_id)
+        ids.pop()
+        return [self.cls_id, *ids, self.sep_id] if add_special else ids
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        ids = _as_id_list(ids, self.vocab_size)
+        return " ".join(self.itos[i] for i in ids if not (skip_special and i < self.num_special))
+
+    def batch(self, texts: Sequence[str], max_len: int | None = None) -> tuple[Tensor, Tensor]:
+        """Encode and pad: -> (ids [batch, seq] long, attention_mask [batch, seq] long, 1 = real token).
+
+        ``seq`` is the longest encoding; a text longer than ``max_len`` raises a ValueError naming it.
+        """
+        if isinstance(texts, str) or not texts:
+            raise ValueError("batch expects a non-empty list of texts")
+        encoded = [self.encode(t) for t in texts]
+        longest = max(len(e) for e in encoded)
+        if max_len is not None and longest > max_len:
+            i = max(range(len(encoded)), key=lambda j: len(encoded[j]))
+            raise ValueError(f"text {i} has {longest} tokens with [CLS] and [SEP], more than max_len={max_len}")
+        ids = torch.full((len(encoded), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), longest), dtype=torch.long)
+        for row, e in enumerate(encoded):
+            ids[row, : len(e)] = torch.tensor(e)
+            mask[row, : len(e)] = 1
+        return ids, mask
+
+    def special_mask(self, ids: Tensor) -> Tensor:
+        """True at special tokens ([PAD], [UNK], [CLS], [SEP], [MASK]): ``ids [...] -> bool [...]``."""
+        return ids < self.num_special
 
 
 # ----------------------------------------------------------------------------------------------

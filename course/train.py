@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course.progress import progress
 
-__all__ = ["History", "train", "lm_loss", "evaluate", "lr_at", "LiveLossPlot"]
+__all__ = ["History", "train", "evaluate", "lr_at", "LiveLossPlot"]
 
 
 @dataclass
@@ -44,18 +43,6 @@ class History:
                 total -= self.train_loss[i - window]
             out.append(total / min(i + 1, window))
         return out
-
-
-def lm_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
-    """Mean cross-entropy of next-token predictions.
-
-    ``logits: [batch, seq, vocab]``, ``targets: [batch, seq]`` (positions equal to
-    ``ignore_index`` do not count) -> a scalar.
-    """
-    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
-        raise ValueError(f"lm_loss expects logits [batch, seq, vocab] and targets [batch, seq], "
-                         f"got {tuple(logits.shape)} and {tuple(targets.shape)}")
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int = 0, min_ratio: float = 0.1) -> float:

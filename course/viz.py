@@ -1,4 +1,5 @@
-"""Pictures and widgets for attention: heatmaps, and an explorer where the learner types a sentence.
+"""Pictures and widgets for attention: heatmaps, tables of heads, bertviz adapters, and an explorer
+where the learner types a sentence.
 
 The explorer needs no JavaScript beyond ipywidgets (no CDN, no require.js), so it works offline in
 JupyterLab, VS Code and Colab. Its input checks live in :func:`validate_sentence`, a pure function
@@ -14,6 +15,7 @@ from collections.abc import Callable, Collection, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from .plotting import use_course_style
 
@@ -26,6 +28,7 @@ __all__ = [
     "AttentionExplorer",
     "attention_explorer",
     "attention_rollout",
+    "draw_head_table",
     "VIEWS",
     "MEAN_OF_HEADS",
     "ALL_ROWS",
@@ -35,6 +38,9 @@ __all__ = [
     "BERTVIZ_OFFLINE_MESSAGE",
     "patient_bertviz_html",
     "show_bertviz",
+    "to_bertviz",
+    "gpt_attentions",
+    "cross_attentions_for_bertviz",
 ]
 
 ALLOWED_PUNCTUATION = ".,!?'-"
@@ -253,6 +259,34 @@ def attention_rollout(attentions, add_residual: bool = True, cumulative: bool = 
         rollout = a @ rollout
         steps.append(rollout)
     return torch.stack(steps) if cumulative else rollout
+
+
+# ----------------------------------------------------------------------------------------------
+# A table of heads (lesson 10)
+# ----------------------------------------------------------------------------------------------
+
+def draw_head_table(ax, table: Tensor, title: str = "", vmin: float = 0.0, vmax: float = 1.0, cmap: str = "Blues",
+                    fmt: str = "{:.2f}"):
+    """A ``[layers, heads]`` table as an annotated heatmap (rows: layers, columns: heads). Returns the image."""
+    values = table.detach().float().cpu().numpy()
+    if values.ndim != 2:
+        raise ValueError(f"table must be [layers, heads], got shape {values.shape}")
+    im = ax.imshow(values, vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
+    ax.grid(False)
+    ax.set_xticks(range(values.shape[1]), labels=[str(h) for h in range(values.shape[1])])
+    ax.set_yticks(range(values.shape[0]), labels=[str(l) for l in range(values.shape[0])])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    if title:
+        ax.set_title(title)
+    if values.size <= 96:
+        span = vmax - vmin
+        for l in range(values.shape[0]):
+            for h in range(values.shape[1]):
+                v = values[l, h]
+                dark = (v - vmin) / span > 0.65 if cmap == "Blues" else abs(v - (vmin + vmax) / 2) / span > 0.35
+                ax.text(h, l, fmt.format(v), ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    return im
 
 
 # ----------------------------------------------------------------------------------------------
@@ -596,5 +630,52 @@ def show_bertviz(view: Callable, *args, wait_s: float = 20.0, **kwargs) -> None:
     except (ValueError, RuntimeError, IndexError) as exc:  # bertviz's own checks, or an empty tuple
         raise ValueError(f"bertviz could not draw this: {exc} (attention must be a tuple with one "
                          "[batch, heads, seq, seq] tensor per layer, seq = number of tokens; "
-                         "course.coref.to_bertviz makes one from the course's models)") from None
+                         "course.viz.to_bertviz makes one from the course's models)") from None
     display(HTML(patient_bertviz_html(html.data, wait_s=wait_s)))
+
+
+# ----------------------------------------------------------------------------------------------
+# bertviz adapters
+# ----------------------------------------------------------------------------------------------
+
+def to_bertviz(weights: Sequence[Tensor] | Tensor, decimals: int = 3) -> tuple[Tensor, ...]:
+    """Attention in bertviz's format: a tuple with one ``[batch, heads, q, k]`` tensor per layer.
+
+    Accepts a list of per-layer ``[b, heads, q, k]`` tensors, a stacked ``[layers, b, heads, q, k]``
+    tensor, or ``[layers, heads, q, k]`` (batch of one). Values are rounded to ``decimals`` places
+    (as float64, so they print short) which keeps bertviz's HTML small.
+    """
+    if isinstance(weights, Tensor):
+        if weights.dim() == 4:
+            weights = weights.unsqueeze(1)
+        if weights.dim() != 5:
+            raise ValueError(f"expected [layers, batch, heads, q, k] or [layers, heads, q, k], got {tuple(weights.shape)}")
+        weights = list(weights)
+    out = []
+    for i, w in enumerate(weights):
+        if w.dim() != 4:
+            raise ValueError(f"layer {i}: expected [batch, heads, q, k], got {tuple(w.shape)}")
+        out.append(torch.round(w.detach().double().cpu(), decimals=decimals))
+    if not out:
+        raise ValueError("no layers given")
+    return tuple(out)
+
+
+@torch.no_grad()
+def gpt_attentions(model: nn.Module, idx: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Run a course :class:`~course.models.GPT` keeping its (causal) attention weights.
+
+    ``idx [b, s] -> (hidden [b, s, d] after the final norm, [weights [b, heads, s, s] per layer])``;
+    the hidden states equal ``model.hidden_states(idx)`` (same arithmetic).
+    """
+    model.eval()
+    return model.hidden_states(idx, need_weights=True)
+
+
+@torch.no_grad()
+def cross_attentions_for_bertviz(model: nn.Module, src: Tensor, tgt_in: Tensor, decimals: int = 3) -> tuple[Tensor, ...]:
+    """The encoder-decoder's cross-attention per decoder layer, ``[b, heads, t, s]`` each, for bertviz's
+    ``head_view(cross_attention=..., encoder_tokens=..., decoder_tokens=...)``."""
+    model.eval()
+    _, cross = model.decode(tgt_in, model.encode(src), src, need_weights=True)
+    return to_bertviz(cross, decimals)

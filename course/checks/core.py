@@ -10,15 +10,20 @@ implementation, and answers in one line:
 When the values are wrong, the checker runs a library of known mistakes (``Mistake``) on the same
 inputs; if the learner's output matches one of them, its hint names the likely error.
 
+Two engines: :func:`check_function` compares tensors, :func:`check_values` compares plain Python
+values (ints, lists, dicts), e.g. the pair counts of lesson 02.
+
 In a lesson the line is printed and the notebook carries on. Under a grader or the test suite
 (``NBGRADER_EXECUTION`` or ``COURSE_STRICT_CHECKS=1`` in the environment), anything but a pass
 raises :class:`ExerciseFailed`, so nbgrader withholds the points and CI fails.
 """
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -128,8 +133,11 @@ def max_abs_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float(diff.max()) if diff.numel() else 0.0
 
 
-def _compare(got: Any, want: Any, names: Sequence[str], atol: float, rtol: float) -> tuple[str | None, float]:
-    """Return (problem or None, largest error) for one case; problems are phrased for learners."""
+def compare_outputs(got: Any, want: Any, names: Sequence[str], atol: float, rtol: float) -> tuple[str | None, float]:
+    """Compare a function's output(s) with the expected ones (tensors; ``names`` names each output).
+
+    Return (problem or None, largest error) for one case; problems are phrased for learners.
+    """
     got_t, want_t = _as_tuple(got), _as_tuple(want)
     if len(got_t) != len(want_t):
         return (f"returned {len(got_t)} value(s), expected {len(want_t)} ({', '.join(names)})", float("inf"))
@@ -194,7 +202,7 @@ def evaluate_function(
             return CheckResult(exercise, FAILED, f"your function raised {_describe_exception(exc)} (case {i + 1} of {len(cases)})")
         if not _same_inputs(given, args):
             return CheckResult(exercise, FAILED, "your function changed its input in place; work on new tensors instead")
-        problem, err = _compare(got, want, output_names, atol, rtol)
+        problem, err = compare_outputs(got, want, output_names, atol, rtol)
         worst = max(worst, err) if err != float("inf") else worst
         if problem is None:
             continue
@@ -213,7 +221,137 @@ def _diagnose(got: Any, args: tuple, mistakes: Sequence[Mistake], names, atol, r
             wrong = mistake.fn(*_clone(args))
         except Exception:
             continue
-        problem, _ = _compare(got, wrong, names, max(atol, 1e-5), max(rtol, 1e-4))
+        problem, _ = compare_outputs(got, wrong, names, max(atol, 1e-5), max(rtol, 1e-4))
         if problem is None:
             return mistake.hint
     return None
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine for plain values (ints, lists, dicts)
+# ----------------------------------------------------------------------------------------------
+
+def _normalise(value: Any, like: Any) -> tuple[Any, str | None]:
+    """Bring ``value`` into the reference's form; return (value, problem or None)."""
+    if isinstance(like, Mapping):
+        if not isinstance(value, Mapping):
+            return None, f"should return a dict, got {type(value).__name__}"
+        return {k: v for k, v in value.items() if v != 0}, None
+    if isinstance(like, list):
+        if isinstance(value, torch.Tensor) and value.dim() == 1:
+            value = value.tolist()
+        if not isinstance(value, (list, tuple)):
+            return None, f"should return a list, got {type(value).__name__}"
+        return list(value), None
+    if isinstance(like, bool):
+        if not isinstance(value, bool):
+            return None, f"should return True or False, got {type(value).__name__}"
+        return value, None
+    if isinstance(like, Integral):
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            return None, f"should return an int, got {type(value).__name__}"
+        return int(value), None
+    return value, None
+
+
+def _difference(got: Any, want: Any) -> str:
+    """The first difference between two equal-typed values, in words."""
+    if isinstance(want, Mapping):
+        for key in sorted(set(want) | set(got), key=repr):
+            if got.get(key) != want.get(key):
+                if key not in got:
+                    return f"{key!r} is missing (expected {want[key]})"
+                if key not in want:
+                    return f"{key!r} should not be there (you have {got[key]})"
+                return f"for {key!r} you have {got[key]}, expected {want[key]}"
+        return "the dicts differ"
+    if isinstance(want, list):
+        for i, (g, w) in enumerate(zip(got, want)):
+            if g != w:
+                return f"first difference at position {i}: you have {g!r}, expected {w!r}"
+        return f"length {len(got)}, expected {len(want)}"
+    return f"you returned {got!r}, expected {want!r}"
+
+
+def _show_args(args: tuple) -> str:
+    text = ", ".join(repr(a) for a in args)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def evaluate_values(exercise: str, fn: Any, reference: Callable[..., Any], cases: Sequence[tuple],
+                    mistakes: Sequence[Mistake] = ()) -> CheckResult:
+    """Like :func:`evaluate_function`, for functions returning ints, lists or dicts.
+
+    For a failure: the first difference plus, when the learner's answers match a known mistake, its
+    hint. A mistake is named only if it agrees with the learner's answers on every case up to the
+    first failing one, so a mistake that happens to coincide on the failing case but not on an
+    earlier one is not blamed.
+    """
+    if not callable(fn):
+        return CheckResult(exercise, FAILED, f"expected a function, got {type(fn).__name__}; "
+                           "pass the function itself, without calling it")
+    seen: list[tuple[tuple, Any]] = []  # (args, learner's normalised answer) for the cases so far
+    for i, args in enumerate(cases):
+        want = reference(*copy.deepcopy(args))
+        given = copy.deepcopy(args)
+        try:
+            got = fn(*given)
+        except NotImplementedError:
+            return CheckResult(exercise, NOT_ATTEMPTED, "not attempted yet: replace `raise NotImplementedError()` "
+                               "with your code, then run this cell again")
+        except Exception as exc:  # learner code may raise anything: one line
+            return CheckResult(exercise, FAILED, f"your function raised {_describe(exc)} "
+                               f"(case {i + 1} of {len(cases)}: {_show_args(args)})")
+        if given != args:
+            return CheckResult(exercise, FAILED, "your function changed its input in place; build a new list instead")
+        got, problem = _normalise(got, want)
+        if problem:
+            return CheckResult(exercise, FAILED, f"{problem} (case {i + 1} of {len(cases)})")
+        seen.append((args, got))
+        if got == want:
+            continue
+        hint = _diagnose_values(seen, mistakes, want)
+        where = f"case {i + 1} of {len(cases)}: {_show_args(args)}"
+        difference = _difference(got, want)
+        if hint:
+            difference = f"{hint}. {difference[0].upper()}{difference[1:]}"
+        return CheckResult(exercise, FAILED, f"{difference} ({where}).")
+    return CheckResult(exercise, PASSED, f"correct on {len(cases)} case(s).")
+
+
+def _describe(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    first = lines[0][:160] if lines else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _diagnose_values(seen: list[tuple[tuple, Any]], mistakes: Sequence[Mistake], want_like: Any) -> str | None:
+    """The first mistake that gives the learner's answer on every case seen so far."""
+    for mistake in mistakes:
+        try:
+            if all(_normalise(mistake.fn(*copy.deepcopy(args)), want_like)[0] == got for args, got in seen):
+                return mistake.hint
+        except Exception:
+            continue
+    return None
+
+
+def check_values(exercise: str, fn: Any, reference: Callable[..., Any], cases: Sequence[tuple], *,
+                 mistakes: Sequence[Mistake] = (), strict: bool | None = None) -> CheckResult:
+    """Check ``fn`` against ``reference`` on every case, for plain values; print one line."""
+    return report(evaluate_values(exercise, fn, reference, cases, mistakes), strict=strict)
+
+
+def with_exception_hints(result: CheckResult, hints: Sequence[tuple[str, str]]) -> CheckResult:
+    """If the learner's function raised and its message contains a known text, lead with the hint.
+
+    ``hints``: ``(text the exception message contains, hint)`` pairs, tried in order.
+    """
+    if result.status == FAILED and result.detail.startswith("your function raised"):
+        for text, hint in hints:
+            if text in result.detail:
+                result.detail = f"{hint}. Y{result.detail[1:]}"  # "Your function raised ..."
+                break
+    return result

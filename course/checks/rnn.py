@@ -15,8 +15,7 @@ import torch
 
 from course.rnn import gradient_reach, rnn_forward, sequential_steps
 
-from .core import CheckResult, Mistake, evaluate_function, report
-from .tokens import check_values, with_exception_hints
+from .core import CheckResult, Mistake, check_values, evaluate_function, report, with_exception_hints
 
 # ----------------------------------------------------------------------------------------------
 # rnn_step(x_t, h_prev, W_xh, W_hh, b) -> h_t

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from course.seq2seq import beam_step, cross_attention, length_normalise
 
-from .core import FAILED, CheckResult, Mistake, _compare, evaluate_function, report
+from .core import FAILED, CheckResult, Mistake, compare_outputs, evaluate_function, report
 
 __all__ = ["check_shift_targets", "check_cross_attention", "check_beam_step", "check_length_normalise",
            "reference_shift_targets", "reference_cross_attention", "SHIFT_MISTAKES", "CROSS_ATTENTION_MISTAKES",
@@ -32,14 +32,14 @@ def _evaluate(exercise, fn, reference, cases, mistakes, output_names, atol=1e-5,
             got = fn(*[a.clone() if isinstance(a, Tensor) else a for a in args])
         except Exception:
             return result
-        if _compare(got, reference(*args), output_names, atol, rtol)[0] is None:
+        if compare_outputs(got, reference(*args), output_names, atol, rtol)[0] is None:
             continue
         for mistake in mistakes:
             try:
                 wrong = mistake.fn(*[a.clone() if isinstance(a, Tensor) else a for a in args])
             except Exception:
                 continue
-            if _compare(got, wrong, output_names, max(atol, 1e-5), max(rtol, 1e-4))[0] is None:
+            if compare_outputs(got, wrong, output_names, max(atol, 1e-5), max(rtol, 1e-4))[0] is None:
                 return CheckResult(exercise, FAILED, f"{mistake.hint}. ({result.detail.rstrip('.')})")
         return result
     return result

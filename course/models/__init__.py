@@ -3,7 +3,7 @@ original Transformer's encoder-decoder."""
 from .bert import BertClassifier, BertConfig, BertEncoder, BertForMaskedLM
 from .encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from .gpt import GPT, GPTConfig
-from .weights import WeightMismatchError
+from course.weights import WeightMismatchError
 
 __all__ = ["GPT", "GPTConfig", "BertConfig", "BertEncoder", "BertForMaskedLM", "BertClassifier",
            "EncoderDecoder", "EncoderDecoderConfig", "WeightMismatchError"]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from course.layers import LayerNorm, TransformerBlock
 from course.models.sizes import complete_sizes
-from course.models.weights import Step, load_plan
+from course.weights import Step, load_plan
 
 
 @dataclass

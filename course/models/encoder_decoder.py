@@ -18,9 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from course.attention import causal_mask
-from course.layers import DecoderBlock, LayerNorm, TransformerBlock, load_from_torch_decoder_layer, load_from_torch_encoder_layer
+from course.layers import (DecoderBlock, LayerNorm, TransformerBlock, check_torch_decoder_layer, check_torch_encoder_layer,
+                           torch_decoder_layer_plan, torch_encoder_layer_plan)
 from course.models.sizes import complete_sizes
 from course.positional import sinusoidal_encoding
+from course.weights import MODULE_QUESTION, Step, load_plan
 
 
 @dataclass
@@ -140,29 +142,27 @@ class EncoderDecoder(nn.Module):
         return self.decode(tgt_in, self.encode(src), src)
 
 
-@torch.no_grad()
 def load_from_torch_transformer(model: EncoderDecoder, theirs: nn.Transformer) -> EncoderDecoder:
     """Copy an ``nn.Transformer``'s encoder and decoder stacks (and final norms) into ``model`` (in place; returns it).
 
-    ``nn.Transformer`` has no embeddings or output layer: those stay as they are. Mismatches raise a
-    ``ValueError`` naming the layer and the parameter.
+    ``nn.Transformer`` has no embeddings or output layer: those stay as they are. A layer built
+    differently raises a ``ValueError`` naming the layer; a parameter that does not fit raises
+    :class:`course.weights.WeightMismatchError` naming it (``encoder_blocks.0.ffn.linear1.weight``).
     """
     if not isinstance(theirs, nn.Transformer):
         raise TypeError(f"expected torch.nn.Transformer, got {type(theirs).__name__}")
     if len(theirs.encoder.layers) != len(model.encoder_blocks) or len(theirs.decoder.layers) != len(model.decoder_blocks):
         raise ValueError(f"layer counts differ: ours {len(model.encoder_blocks)}+{len(model.decoder_blocks)}, "
                          f"torch's {len(theirs.encoder.layers)}+{len(theirs.decoder.layers)}")
-    for i, (ours, layer) in enumerate(zip(model.encoder_blocks, theirs.encoder.layers)):
-        try:
-            load_from_torch_encoder_layer(ours, layer)
-        except ValueError as exc:
-            raise ValueError(f"encoder layer {i}: {exc}") from None
-    for i, (ours, layer) in enumerate(zip(model.decoder_blocks, theirs.decoder.layers)):
-        try:
-            load_from_torch_decoder_layer(ours, layer)
-        except ValueError as exc:
-            raise ValueError(f"decoder layer {i}: {exc}") from None
-    for ours, norm in ((model.encoder_norm, theirs.encoder.norm), (model.decoder_norm, theirs.decoder.norm)):
-        ours.weight.copy_(norm.weight)
-        ours.bias.copy_(norm.bias)
-    return model
+    plan = []
+    for side, blocks, layers, check, layer_plan in (
+            ("encoder", model.encoder_blocks, theirs.encoder.layers, check_torch_encoder_layer, torch_encoder_layer_plan),
+            ("decoder", model.decoder_blocks, theirs.decoder.layers, check_torch_decoder_layer, torch_decoder_layer_plan)):
+        for i, (ours, layer) in enumerate(zip(blocks, layers)):
+            try:
+                check(ours, layer)
+            except ValueError as exc:
+                raise ValueError(f"{side} layer {i}: {exc}") from None
+            plan += layer_plan(f"{side}_blocks.{i}.", f"{side}.layers.{i}.")
+        plan += [Step(f"{side}_norm.weight", f"{side}.norm.weight"), Step(f"{side}_norm.bias", f"{side}.norm.bias")]
+    return load_plan(model, theirs.state_dict(), plan, keep=("embedding.", "output."), question=MODULE_QUESTION)

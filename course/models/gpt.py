@@ -9,8 +9,9 @@ With ``GPTConfig.from_hf(...)`` and :meth:`GPT.from_hf_gpt2` it loads the weight
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +19,11 @@ from torch import Tensor, nn
 from course.attention import causal_mask
 from course.layers import LayerNorm, TransformerBlock
 from course.models.sizes import complete_sizes
-from course.models.weights import Step, chunk, load_plan, then, transpose
 from course.positional import LearnedPositionalEmbedding
+from course.weights import Step, chunk, load_plan, then, transpose
+
+if TYPE_CHECKING:
+    from course.efficient import KVCache
 
 
 @dataclass
@@ -86,8 +90,11 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def check_input(self, idx: Tensor) -> None:
-        """Reject what the model cannot read, naming the problem (shape, dtype, length, id range)."""
+    def check_input(self, idx: Tensor, start: int = 0) -> None:
+        """Reject what the model cannot read, naming the problem (shape, dtype, length, id range).
+
+        ``start``: the number of positions already read (in the KV caches) before ``idx``.
+        """
         if not isinstance(idx, Tensor) or idx.dim() != 2:
             shape = tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__
             raise ValueError(f"GPT expects token ids of shape [batch, seq], got {shape}")
@@ -95,26 +102,40 @@ class GPT(nn.Module):
             raise ValueError(f"GPT expects integer token ids, got dtype {idx.dtype}")
         if idx.shape[1] == 0:
             raise ValueError("GPT got an empty sequence: give it at least one token")
+        if start and start + idx.shape[1] > self.context_length:
+            raise ValueError(f"{start} cached + {idx.shape[1]} new tokens are longer than the context window "
+                             f"({self.context_length})")
         if idx.shape[1] > self.context_length:
             raise ValueError(f"sequence of {idx.shape[1]} tokens is longer than the context window "
                              f"({self.context_length}); keep the last {self.context_length}")
         if int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got {int(idx.min())}..{int(idx.max())}")
 
-    def hidden_states(self, idx: Tensor, need_weights: bool = False):
+    def hidden_states(self, idx: Tensor, need_weights: bool = False, caches: Sequence[KVCache] | None = None):
         """The final normalised hidden states: ``idx [batch, seq] -> [batch, seq, d_model]``; with
-        ``need_weights=True``, ``(hidden, [attention weights [batch, heads, seq, seq] per layer])``."""
-        self.check_input(idx)
-        x = self.position_embedding(self.token_embedding(idx))
-        mask = causal_mask(idx.shape[1], device=idx.device)
+        ``need_weights=True``, ``(hidden, [attention weights [batch, heads, seq, seq] per layer])``.
+
+        ``caches`` (one :class:`course.efficient.KVCache` per block, lesson 11): ``idx`` holds only the
+        tokens after the ``len(caches[0])`` already read; they take the next positions, attend to the
+        cached keys and values as well as to each other, and add theirs to the caches.
+        """
+        start = 0
+        if caches is not None:
+            if len(caches) != len(self.blocks):
+                raise ValueError(f"need one KVCache per block: {len(self.blocks)} blocks, {len(caches)} caches")
+            start = len(caches[0])
+        self.check_input(idx, start)
+        x = self.position_embedding(self.token_embedding(idx), start=start)
+        mask = causal_mask(start + idx.shape[1], device=idx.device)[start:]  # [seq, start + seq]
         weights = []
-        for block in self.blocks:
-            x, w = block(x, mask=mask, need_weights=True)
+        for i, block in enumerate(self.blocks):
+            x, w = block(x, mask=mask, need_weights=True, cache=None if caches is None else caches[i])
             weights.append(w)
         return (self.final_norm(x), weights) if need_weights else self.final_norm(x)
 
-    def forward(self, idx: Tensor) -> Tensor:
-        return self.lm_head(self.hidden_states(idx))
+    def forward(self, idx: Tensor, caches: Sequence[KVCache] | None = None) -> Tensor:
+        """``idx [batch, seq] -> logits [batch, seq, vocab]``; with ``caches``, see :meth:`hidden_states`."""
+        return self.lm_head(self.hidden_states(idx, caches=caches))
 
     @classmethod
     def from_hf_gpt2(cls, hf_model) -> "GPT":

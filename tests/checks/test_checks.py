@@ -1,4 +1,5 @@
-"""The checker engine and the softmax checker: passes, hints, and bad input, one line each."""
+"""The checker engines (tensors and plain values) and the softmax checker: passes, hints, and bad input,
+one line each."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from course.checks import ExerciseFailed, check_softmax, evaluate_function
 from course.checks.basics import SOFTMAX_MISTAKES, _softmax_cases
-from course.checks.core import NOT_ATTEMPTED, PASSED, Mistake
+from course.checks.core import FAILED, NOT_ATTEMPTED, PASSED, Mistake, check_values, evaluate_values
 
 
 def _softmax_result(fn):
@@ -108,3 +109,16 @@ def test_a_mistake_that_itself_crashes_is_skipped_not_reported():
     result = evaluate_function("id", lambda x: x + 1, lambda x: x, [(torch.zeros(2),)],
                                mistakes=[Mistake("never", boom)])
     assert not result.passed and "never" not in result.line and "values differ" in result.line
+
+
+# --- the engine for plain values ------------------------------------------------------------------
+def test_value_checker_compares_ints_and_rejects_other_types():
+    result = evaluate_values("double", lambda n: 2.0 * n, lambda n: 2 * n, [(3,)])
+    assert result.status == FAILED and "should return an int, got float" in result.line
+    assert evaluate_values("double", lambda n: torch.tensor(2 * n), lambda n: 2 * n, [(3,)]).passed
+
+
+def test_value_checker_raises_in_strict_mode_and_prints_one_line(capsys):
+    with pytest.raises(ExerciseFailed):
+        check_values("double", lambda n: n, lambda n: 2 * n, [(3,)], strict=True)
+    assert capsys.readouterr().out.count("\n") == 1

@@ -1,7 +1,7 @@
 """Lesson 07's checkers catch what they claim to, each with its own hint.
 
 Two libraries of wrong implementations:
-1. every Mistake registered in course.checks.mlm and course.checks.bert, run through its checker,
+1. every Mistake registered in course.checks.mlm, run through its checker,
    gets its own hint (so the cases tell the mistakes apart);
 2. wrong solutions written the way a learner writes them (in-place edits, masked_fill, loops), each
    with the words its hint must contain.
@@ -14,7 +14,6 @@ import itertools
 import pytest
 import torch
 
-from course.checks import bert as cb
 from course.checks import mlm as cm
 from course.checks.core import NOT_ATTEMPTED, PASSED
 from course.mlm import apply_masking_rule, bidirectional_mask, mean_pool
@@ -23,8 +22,8 @@ from course.mlm import apply_masking_rule, bidirectional_mask, mean_pool
 pytestmark = pytest.mark.usefixtures("lenient_checks")
 
 
-CHECKERS = [(cm.check_masking_rule, cm.MASKING_MISTAKES), (cb.check_bidirectional_mask, cb.MASK_MISTAKES),
-            (cb.check_mean_pool, cb.POOL_MISTAKES), (cb.check_classification_head, cb.HEAD_MISTAKES)]
+CHECKERS = [(cm.check_masking_rule, cm.MASKING_MISTAKES), (cm.check_bidirectional_mask, cm.MASK_MISTAKES),
+            (cm.check_mean_pool, cm.POOL_MISTAKES), (cm.check_classification_head, cm.HEAD_MISTAKES)]
 REGISTERED = [(checker, m) for checker, mistakes in CHECKERS for m in mistakes]
 
 
@@ -118,7 +117,7 @@ def mask_ok(a):
     (mask_from_eq_zero, "inverted"),
 ])
 def test_learner_style_wrong_masks_are_named(fn, words):
-    result = cb.check_bidirectional_mask(fn)
+    result = cm.check_bidirectional_mask(fn)
     assert not result.passed and words in result.line, result.line
 
 
@@ -141,7 +140,7 @@ def pool_no_keepdim_sum(h, a):
 
 @pytest.mark.parametrize("fn, words", [(pool_all, "padding was averaged in"), (pool_no_keepdim_sum, "a sum, not a mean")])
 def test_learner_style_wrong_pooling_is_named(fn, words):
-    result = cb.check_mean_pool(fn)
+    result = cm.check_mean_pool(fn)
     assert not result.passed and words in result.line, result.line
 
 
@@ -154,14 +153,14 @@ def head_with_probs(h, wp, bp, wc, bc):
 
 
 def test_learner_style_heads():
-    assert cb.check_classification_head(head_with_linear).status == PASSED
-    assert "softmax applied" in cb.check_classification_head(head_with_probs).line
+    assert cm.check_classification_head(head_with_linear).status == PASSED
+    assert "softmax applied" in cm.check_classification_head(head_with_probs).line
 
 
-@pytest.mark.parametrize("checker, good", [(cb.check_bidirectional_mask, bidirectional_mask),
-                                           (cb.check_bidirectional_mask, mask_ok),
-                                           (cb.check_mean_pool, mean_pool), (cb.check_mean_pool, pool_loop),
-                                           (cb.check_classification_head, cb.classification_head)])
+@pytest.mark.parametrize("checker, good", [(cm.check_bidirectional_mask, bidirectional_mask),
+                                           (cm.check_bidirectional_mask, mask_ok),
+                                           (cm.check_mean_pool, mean_pool), (cm.check_mean_pool, pool_loop),
+                                           (cm.check_classification_head, cm.classification_head)])
 def test_correct_solutions_pass(checker, good):
     assert checker(good).status == PASSED
 

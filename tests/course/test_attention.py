@@ -32,6 +32,7 @@ from course.attention import (
     to_torch_mha_mask,
 )
 from course.seed import seed_everything
+from course.weights import WeightMismatchError
 
 ATOL, RTOL = 1e-6, 1e-5  # float32
 
@@ -274,13 +275,18 @@ def test_load_from_torch_mha_error_names_parameter_and_shapes():
     ours = MultiHeadAttention(16, 4)
     theirs = nn.MultiheadAttention(16, 4, batch_first=True)
     ours.out_proj = nn.Linear(16, 8)  # a deliberately wrong layer
-    with pytest.raises(ValueError, match=r"out_proj.weight.*\(16, 16\).*out_proj.weight.*\(8, 16\)"):
+    with pytest.raises(WeightMismatchError, match=r"^out_proj\.weight: the model's shape is \(8, 16\), "
+                                                  r"but the checkpoint's out_proj\.weight gives \(16, 16\)$"):
         load_from_torch_mha(ours, theirs)
 
 
 def test_load_from_torch_mha_rejects_bias_mismatch_naming_parameter():
-    with pytest.raises(ValueError, match="in_proj_bias"):
+    with pytest.raises(WeightMismatchError, match=r"the checkpoint has no 'in_proj_bias', needed for 'q_proj\.bias'"):
         load_from_torch_mha(MultiHeadAttention(16, 4, bias=True), nn.MultiheadAttention(16, 4, bias=False))
+    with pytest.raises(WeightMismatchError, match=r"the model has no parameter 'q_proj\.bias' \(wanted for 'in_proj_bias'\)"):
+        load_from_torch_mha(MultiHeadAttention(16, 4, bias=False), nn.MultiheadAttention(16, 4, bias=True))
+    with pytest.raises(WeightMismatchError, match=r"the checkpoint has no 'q_proj\.bias', needed for 'in_proj_bias'"):
+        copy_to_torch_mha(MultiHeadAttention(16, 4, bias=False), nn.MultiheadAttention(16, 4, bias=True))
 
 
 def test_load_from_torch_mha_rejects_size_mismatch():

@@ -1,4 +1,4 @@
-"""course.coref: the "it" task's batches, loss, the attention measures, bertviz adapters, explorers."""
+"""course.coref: the "it" task's batches, loss, the attention measures, explorers."""
 from __future__ import annotations
 
 import matplotlib
@@ -10,13 +10,14 @@ import torch  # noqa: E402
 
 from course.coref import (  # noqa: E402
     ItResolver, best_heads, coref_accuracy, coref_batch, coref_batches, coref_explorer, coref_loss,
-    coref_tokenizer, encoder_attentions, gpt_attentions, it_attention_accuracy, referent_attention_accuracy,
-    rollout_it_accuracy, to_bertviz, cross_attentions_for_bertviz, word_positions,
+    coref_tokenizer, encoder_attentions, it_attention_accuracy, referent_attention_accuracy,
+    rollout_it_accuracy, word_positions,
 )
 from course.data.sentences import it_sentences  # noqa: E402
-from course.models import BertConfig, EncoderDecoder, EncoderDecoderConfig, GPT, GPTConfig  # noqa: E402
+from course.models import BertConfig  # noqa: E402
 from course.seed import seed_everything  # noqa: E402
 from course.train import train  # noqa: E402
+from course.viz import to_bertviz  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -91,38 +92,12 @@ def test_best_heads_orders_by_score_then_position():
     assert [(l, h) for l, h, _ in best_heads(scores, k=3)] == [(0, 1), (1, 0), (0, 0)]
 
 
-def test_to_bertviz_gives_one_batch_heads_seq_seq_tensor_per_layer():
-    out = to_bertviz(torch.rand(3, 2, 5, 5).softmax(-1))
-    assert len(out) == 3 and out[0].shape == (1, 2, 5, 5) and out[0].dtype == torch.float64
-    with pytest.raises(ValueError, match="expected"):
-        to_bertviz(torch.rand(5, 5))
-
-
 def test_bertviz_head_view_accepts_the_encoder_adapter(small_model, tokenizer):
     import bertviz
     ids, mask = tokenizer.batch(["the dog didn't cross the road because it was too wide ."])
     att = to_bertviz(encoder_attentions(small_model.encoder, ids, mask))
     html = bertviz.head_view(att, tokenizer.decode(ids[0].tolist()).split(), html_action="return")
     assert "bertviz-" in html.data and len(html.data) < 60_000
-
-
-def test_gpt_attentions_give_the_same_hidden_states_and_causal_weights():
-    seed_everything(0)
-    gpt = GPT(GPTConfig(vocab_size=30, context_length=16, d_model=32, num_heads=4, num_layers=2)).eval()
-    idx = torch.randint(0, 30, (2, 7))
-    hidden, weights = gpt_attentions(gpt, idx)
-    torch.testing.assert_close(hidden, gpt.hidden_states(idx), atol=1e-6, rtol=1e-5)  # float32, same arithmetic
-    assert len(weights) == 2 and weights[0].shape == (2, 4, 7, 7)
-    assert float(weights[1].triu(1).abs().max()) == 0.0  # nothing attends to the future
-
-
-def test_cross_attention_adapter_gives_target_by_source_maps():
-    seed_everything(0)
-    model = EncoderDecoder(EncoderDecoderConfig(vocab_size=20, max_len=16, d_model=32, num_heads=4))
-    src, tgt = torch.randint(3, 20, (1, 6)), torch.randint(3, 20, (1, 4))
-    cross = cross_attentions_for_bertviz(model, src, tgt)
-    assert len(cross) == 2 and cross[0].shape == (1, 4, 4, 6)
-    torch.testing.assert_close(cross[0].sum(-1), torch.ones(1, 4, 4, dtype=torch.float64), atol=3e-3, rtol=0)
 
 
 def test_word_positions_finds_whole_tokens():

@@ -196,9 +196,35 @@ def test_cached_gpt_forward_equals_uncached_logits():
     with torch.no_grad():
         full = model(idx)
         caches = [ef.KVCache(32) for _ in model.blocks]
-        parts = [ef.gpt_forward_cached(model, idx[:, :5], caches)]
-        parts += [ef.gpt_forward_cached(model, idx[:, t:t + 1], caches) for t in range(5, 12)]
+        parts = [model(idx[:, :5], caches=caches)]
+        parts += [model(idx[:, t:t + 1], caches=caches) for t in range(5, 12)]
     assert (torch.cat(parts, dim=1) - full).abs().max() < 1e-5
+    assert len(caches[0]) == 12 and caches[1].k.shape == (2, 4, 12, 8)
+
+
+def test_cached_attention_appends_to_the_cache_and_attends_to_earlier_positions():
+    from course.attention import MultiHeadAttention, causal_mask
+    seed_everything(0)
+    mha = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 6, 16)
+    cache = ef.KVCache(6)
+    with torch.no_grad():
+        first = mha(x[:, :4], x[:, :4], x[:, :4], mask=causal_mask(4), cache=cache)
+        last = mha(x[:, 4:], x[:, 4:], x[:, 4:], mask=causal_mask(6)[4:], cache=cache)
+        full = mha(x, x, x, mask=causal_mask(6))
+    torch.testing.assert_close(torch.cat([first, last], dim=1), full, atol=1e-6, rtol=1e-5)  # float32
+    assert len(cache) == 6
+
+
+def test_cached_gpt_forward_rejects_wrong_caches_and_overlong_input():
+    model = _tiny_gpt()
+    with pytest.raises(ValueError, match="one KVCache per block: 2 blocks, 1 caches"):
+        model(torch.zeros(1, 3, dtype=torch.long), caches=[ef.KVCache(32)])
+    caches = [ef.KVCache(32) for _ in model.blocks]
+    with torch.no_grad():
+        model(torch.zeros(1, 30, dtype=torch.long), caches=caches)
+    with pytest.raises(ValueError, match=r"30 cached \+ 3 new tokens are longer than the context window \(32\)"):
+        model(torch.zeros(1, 3, dtype=torch.long), caches=caches)
 
 
 def test_greedy_decode_with_and_without_cache_gives_the_same_tokens():

@@ -16,6 +16,7 @@ from torch import nn
 from course.attention import causal_mask
 from course.layers import DecoderBlock, load_from_torch_decoder_layer
 from course.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, load_from_torch_transformer
+from course.weights import WeightMismatchError
 from course.seed import seed_everything
 
 D, HEADS, FF = 32, 4, 64
@@ -135,3 +136,8 @@ def test_bad_inputs_and_mismatched_weights_give_clear_messages():
         ours.encoder_stack(torch.randn(2, 3, 8))
     with pytest.raises(ValueError, match="norm_first differs"):
         load_from_torch_transformer(_pair(False)[0], theirs)
+    narrow = EncoderDecoder(EncoderDecoderConfig(vocab_size=20, max_len=16, d_model=D, num_heads=HEADS, d_ff=FF // 2))
+    with pytest.raises(WeightMismatchError, match=r"^encoder_blocks\.0\.ffn\.linear1\.weight: the model's shape is "
+                                                  r"\(32, 32\), but the checkpoint's encoder\.layers\.0\.linear1\.weight "
+                                                  r"gives \(64, 32\)$"):
+        load_from_torch_transformer(narrow, theirs)

@@ -1,4 +1,4 @@
-"""Lesson 08's other pieces: the unigram baseline, the training windows, and GPT-2 weights that go
+"""Lesson 08's other pieces: the next-token loss, the unigram baseline, the training windows, and GPT-2 weights that go
 through a save/reload on disk (tests/course/test_models_hf.py covers the in-memory case) and generate
 the same tokens as Hugging Face's ``generate``.
 
@@ -13,10 +13,25 @@ import torch
 from hf_support import quietly
 
 from course.generate import generate
-from course.lm import fixed_windows, random_windows, sequence_loss, unigram_loss
+from course.lm import fixed_windows, lm_loss, random_windows, sequence_loss, unigram_loss
 from course.models import GPT, GPTConfig
 
 TOL = 1e-4
+
+
+# ----------------------------------------------------------------------------- the training loss
+
+def test_lm_loss_equals_log_vocab_for_uniform_logits_and_ignores_padding():
+    logits = torch.zeros(2, 5, 7)
+    targets = torch.randint(0, 7, (2, 5))
+    assert lm_loss(logits, targets).item() == pytest.approx(math.log(7))
+    targets[0, :] = -100
+    assert lm_loss(logits, targets).item() == pytest.approx(math.log(7))
+
+
+def test_lm_loss_names_the_shapes_it_was_given():
+    with pytest.raises(ValueError, match=r"\(2, 5, 7\) and \(2, 4\)"):
+        lm_loss(torch.zeros(2, 5, 7), torch.zeros(2, 4, dtype=torch.long))
 
 
 # ----------------------------------------------------------------------------- unigram baseline

@@ -23,6 +23,7 @@ from course.layers import (
     swiglu,
 )
 from course.seed import seed_everything
+from course.weights import WeightMismatchError
 
 
 @pytest.fixture(autouse=True)
@@ -210,7 +211,8 @@ def test_block_gradients_match_torch_in_training_mode_without_dropout():
 
 def test_weight_mapping_errors_name_the_parameter_and_the_shapes():
     theirs = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
-    with pytest.raises(ValueError, match=r"ffn\.linear1\.weight.*ours has shape \(48, 32\), torch's has shape \(64, 32\)"):
+    with pytest.raises(WeightMismatchError, match=r"^ffn\.linear1\.weight: the model's shape is \(48, 32\), "
+                                                  r"but the checkpoint's linear1\.weight gives \(64, 32\)$"):
         load_from_torch_encoder_layer(TransformerBlock(32, 4, 48, norm_first=False), theirs)
     with pytest.raises(ValueError, match=r"self_attn: .*embed_dim=32.*d_model=16"):
         load_from_torch_encoder_layer(TransformerBlock(16, 4, 64, norm_first=False), theirs)
@@ -221,7 +223,8 @@ def test_weight_mapping_errors_name_the_parameter_and_the_shapes():
     with pytest.raises(ValueError, match="uses RMSNorm"):
         load_from_torch_encoder_layer(TransformerBlock(32, 4, 64, norm_first=False, norm="rms"), theirs)
     no_bias = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, bias=False)
-    with pytest.raises(ValueError, match="bias"):
+    with pytest.raises(WeightMismatchError, match=r"the checkpoint has no 'self_attn\.in_proj_bias', needed for "
+                                                  r"'self_attn\.q_proj\.bias'"):
         load_from_torch_encoder_layer(TransformerBlock(32, 4, 64, norm_first=False), no_bias)
 
 

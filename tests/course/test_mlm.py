@@ -1,4 +1,4 @@
-"""The masking rule, the tokenizer with special tokens, pooling and the MLM/classifier plumbing."""
+"""The masking rule, pooling and the MLM/classifier plumbing."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,6 @@ import torch
 from course.data.sentences import grammar_vocabulary, sentence_corpus
 from course.mlm import (
     IGNORE_INDEX,
-    SpecialWordTokenizer,
     apply_masking_rule,
     bidirectional_mask,
     classification_batches,
@@ -21,29 +20,12 @@ from course.mlm import (
     top_predictions,
 )
 from course.models import BertClassifier, BertConfig, BertEncoder, BertForMaskedLM
+from course.tokenizers import SpecialWordTokenizer
 
 
 @pytest.fixture(scope="module")
 def tok():
     return SpecialWordTokenizer(grammar_vocabulary())
-
-
-def test_tokenizer_puts_specials_first_and_wraps_texts_in_cls_sep(tok):
-    assert tok.itos[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    ids = tok.encode("The fox didn't cross the [MASK] .")
-    assert ids[0] == tok.cls_id and ids[-1] == tok.sep_id and tok.mask_id in ids
-    assert tok.decode(ids, skip_special=True) == "the fox didn't cross the ."
-    assert tok.encode("zebra", add_special=False) == [tok.unk_id]
-    with pytest.raises(ValueError, match="outside the vocabulary"):
-        tok.decode([tok.vocab_size])
-
-
-def test_batch_pads_with_pad_and_marks_real_tokens(tok):
-    ids, mask = tok.batch(["the fox .", "the tired fox walked to the road ."])
-    assert ids.shape == mask.shape == (2, 10)
-    assert (ids[0, 5:] == tok.pad_id).all() and mask[0].tolist() == [1] * 5 + [0] * 5 and mask[1].all()
-    with pytest.raises(ValueError, match="text 1 has 10 tokens.*max_len=8"):
-        tok.batch(["the fox .", "the tired fox walked to the road ."], max_len=8)
 
 
 def test_masking_rule_follows_bert_on_hand_made_draws():

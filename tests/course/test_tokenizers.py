@@ -1,4 +1,5 @@
-"""Character, word and byte-pair tokenisers, and the embedding lookup as a one-hot product."""
+"""Character, word (plain and with BERT's special tokens) and byte-pair tokenisers, their common interface,
+and the embedding lookup as a one-hot product."""
 from __future__ import annotations
 
 import time
@@ -9,10 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from course.data import stdlib_corpus
+from course.data.sentences import grammar_vocabulary
 from course.seed import seed_everything
 from course.tokenizers import (
     BPETokenizer,
     CharTokenizer,
+    SpecialWordTokenizer,
+    Tokenizer,
     WordTokenizer,
     get_pair_counts,
     merge,
@@ -266,3 +270,38 @@ def test_one_hot_embedding_rejects_bad_ids_and_shapes():
         one_hot_embedding(torch.tensor([1.0]), weight)
     with pytest.raises(ValueError, match=r"\(4,\)"):
         one_hot_embedding(torch.tensor([1]), torch.randn(4))
+
+
+# ----------------------------------------------------------------------------- words with special tokens
+
+@pytest.fixture(scope="module")
+def tok():
+    return SpecialWordTokenizer(grammar_vocabulary())
+
+
+def test_tokenizer_puts_specials_first_and_wraps_texts_in_cls_sep(tok):
+    assert tok.itos[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    ids = tok.encode("The fox didn't cross the [MASK] .")
+    assert ids[0] == tok.cls_id and ids[-1] == tok.sep_id and tok.mask_id in ids
+    assert tok.decode(ids, skip_special=True) == "the fox didn't cross the ."
+    assert tok.encode("zebra", add_special=False) == [tok.unk_id]
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tok.decode([tok.vocab_size])
+
+
+def test_batch_pads_with_pad_and_marks_real_tokens(tok):
+    ids, mask = tok.batch(["the fox .", "the tired fox walked to the road ."])
+    assert ids.shape == mask.shape == (2, 10)
+    assert (ids[0, 5:] == tok.pad_id).all() and mask[0].tolist() == [1] * 5 + [0] * 5 and mask[1].all()
+    with pytest.raises(ValueError, match="text 1 has 10 tokens.*max_len=8"):
+        tok.batch(["the fox .", "the tired fox walked to the road ."], max_len=8)
+
+
+# ----------------------------------------------------------------------------- one interface
+
+def test_every_tokenizer_offers_the_tokenizer_interface(tok):
+    text = "the fox ."
+    for tokenizer in (CharTokenizer.fit(text), WordTokenizer.fit(text), tok, BPETokenizer.train(text, 256)):
+        assert isinstance(tokenizer, Tokenizer)
+        ids = tokenizer.encode(text)
+        assert all(0 <= i < tokenizer.vocab_size for i in ids) and isinstance(tokenizer.decode(ids), str)

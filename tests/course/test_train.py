@@ -1,12 +1,10 @@
 """The training loop learns, records its history, schedules the learning rate and refuses bad input."""
-import math
-
 import pytest
 import torch
 from torch import nn
 
 from course.seed import seed_everything
-from course.train import History, evaluate, lm_loss, lr_at, train
+from course.train import History, evaluate, lr_at, train
 
 
 def _regression_problem():
@@ -43,19 +41,6 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[-1] == pytest.approx(0.1)
-
-
-def test_lm_loss_equals_log_vocab_for_uniform_logits_and_ignores_padding():
-    logits = torch.zeros(2, 5, 7)
-    targets = torch.randint(0, 7, (2, 5))
-    assert lm_loss(logits, targets).item() == pytest.approx(math.log(7))
-    targets[0, :] = -100
-    assert lm_loss(logits, targets).item() == pytest.approx(math.log(7))
-
-
-def test_lm_loss_names_the_shapes_it_was_given():
-    with pytest.raises(ValueError, match=r"\(2, 5, 7\) and \(2, 4\)"):
-        lm_loss(torch.zeros(2, 5, 7), torch.zeros(2, 4, dtype=torch.long))
 
 
 def test_evaluate_restores_training_mode_and_rejects_no_batches():

@@ -1,4 +1,5 @@
-"""course.viz: sentence validation (pure function), heatmaps, and the explorer widget building and updating."""
+"""course.viz: sentence validation (pure function), heatmaps, the explorer widget building and updating,
+the table of heads and the bertviz adapters."""
 from __future__ import annotations
 
 import json
@@ -12,10 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from course.models import GPT, EncoderDecoder, EncoderDecoderConfig, GPTConfig  # noqa: E402
+from course.seed import seed_everything  # noqa: E402
 from course.viz import (  # noqa: E402
     attention_explorer,
     attention_heads,
     attention_heatmap,
+    cross_attentions_for_bertviz,
+    draw_head_table,
+    gpt_attentions,
+    to_bertviz,
     tokenize_words,
     validate_sentence,
 )
@@ -199,3 +206,37 @@ def test_show_bertviz_turns_bad_attention_into_one_message(attention, tokens):
     with pytest.raises(ValueError, match=r"bertviz could not draw this: .*to_bertviz") as caught:
         show_bertviz(bertviz.head_view, attention, tokens)
     assert "\n" not in str(caught.value)
+
+
+def test_to_bertviz_gives_one_batch_heads_seq_seq_tensor_per_layer():
+    out = to_bertviz(torch.rand(3, 2, 5, 5).softmax(-1))
+    assert len(out) == 3 and out[0].shape == (1, 2, 5, 5) and out[0].dtype == torch.float64
+    with pytest.raises(ValueError, match="expected"):
+        to_bertviz(torch.rand(5, 5))
+
+
+def test_gpt_attentions_give_the_same_hidden_states_and_causal_weights():
+    seed_everything(0)
+    gpt = GPT(GPTConfig(vocab_size=30, context_length=16, d_model=32, num_heads=4, num_layers=2)).eval()
+    idx = torch.randint(0, 30, (2, 7))
+    hidden, weights = gpt_attentions(gpt, idx)
+    torch.testing.assert_close(hidden, gpt.hidden_states(idx), atol=1e-6, rtol=1e-5)  # float32, same arithmetic
+    assert len(weights) == 2 and weights[0].shape == (2, 4, 7, 7)
+    assert float(weights[1].triu(1).abs().max()) == 0.0  # nothing attends to the future
+
+
+def test_cross_attention_adapter_gives_target_by_source_maps():
+    seed_everything(0)
+    model = EncoderDecoder(EncoderDecoderConfig(vocab_size=20, max_len=16, d_model=32, num_heads=4))
+    src, tgt = torch.randint(3, 20, (1, 6)), torch.randint(3, 20, (1, 4))
+    cross = cross_attentions_for_bertviz(model, src, tgt)
+    assert len(cross) == 2 and cross[0].shape == (1, 4, 4, 6)
+    torch.testing.assert_close(cross[0].sum(-1), torch.ones(1, 4, 4, dtype=torch.float64), atol=3e-3, rtol=0)
+
+
+def test_draw_head_table_annotates_every_head():
+    fig, ax = plt.subplots()
+    draw_head_table(ax, torch.tensor([[0.1, 0.9], [0.5, 0.7]]), "title")
+    assert [t.get_text() for t in ax.texts] == ["0.10", "0.90", "0.50", "0.70"] and ax.get_title() == "title"
+    with pytest.raises(ValueError, match=r"\[layers, heads\]"):
+        draw_head_table(ax, torch.zeros(2, 2, 2))

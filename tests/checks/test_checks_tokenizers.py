@@ -6,13 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from checker_assertions import assert_fails_with
-from course.checks.core import FAILED, NOT_ATTEMPTED, PASSED
-from course.checks.tokens import (
+from course.checks.core import NOT_ATTEMPTED, PASSED
+from course.checks.tokenizers import (
     check_merge,
     check_one_hot_embedding,
     check_pair_counts,
-    check_values,
-    evaluate_values,
 )
 from course.tokenizers import get_pair_counts, merge
 
@@ -226,17 +224,3 @@ def test_embedding_of_the_wrong_type_gets_a_one_line_message():
     assert_fails_with(_run(check_one_hot_embedding, lambda ids, W: W[ids].numpy()), "should be a torch.Tensor")
     # core.check_function reads a returned list as several outputs:
     assert_fails_with(_run(check_one_hot_embedding, lambda ids, W: W[ids].tolist()), "returned 2 value(s)")
-
-
-# --- the value checker itself ---------------------------------------------------------------------
-def test_value_checker_compares_ints_and_rejects_other_types():
-    result = evaluate_values("double", lambda n: 2.0 * n, lambda n: 2 * n, [(3,)])
-    assert result.status == FAILED and "should return an int, got float" in result.line
-    assert evaluate_values("double", lambda n: torch.tensor(2 * n), lambda n: 2 * n, [(3,)]).passed
-
-
-def test_value_checker_raises_in_strict_mode_and_prints_one_line(capsys):
-    from course.checks import ExerciseFailed
-    with pytest.raises(ExerciseFailed):
-        check_values("double", lambda n: n, lambda n: 2 * n, [(3,)], strict=True)
-    assert capsys.readouterr().out.count("\n") == 1
