@@ -22,6 +22,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from .utils import shape_of as _shape
+
 __all__ = [
     "attention_scores",
     "scaled_dot_product_attention",
@@ -44,10 +46,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- checks on inputs
-
-def _shape(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
-
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Raise ValueError, naming the shapes, unless q, k, v fit together for attention."""

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .utils import shape_of as _shape
+
 __all__ = [
     "naive_attention", "attention_flops", "online_softmax_stats", "online_softmax",
     "online_softmax_update", "init_online_state", "tiled_attention_keys", "flash_attention_torch",
@@ -32,10 +34,6 @@ __all__ = [
     "sliding_window_mask", "bigbird_mask", "lsh_buckets", "lsh_mask", "mask_density",
     "kv_append", "KVCache", "gpt_forward_cached", "greedy_decode", "fit_power_law",
 ]
-
-
-def _shape(t: Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
 
 
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:

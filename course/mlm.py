@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from course.data.sentences import split_words
 from course.train import lm_loss
+from course.utils import eval_mode
 
 __all__ = [
     "SPECIAL_TOKENS", "IGNORE_INDEX", "SpecialWordTokenizer", "apply_masking_rule", "mask_tokens",
@@ -207,10 +208,8 @@ def top_predictions(model: nn.Module, tokenizer: SpecialWordTokenizer, text: str
     where = (ids[0] == tokenizer.mask_id).nonzero().flatten()
     if where.numel() == 0:
         raise ValueError("the text has no [MASK] to predict")
-    was_training = model.training
-    model.eval()
-    probs = model(ids).softmax(-1)[0]
-    model.train(was_training)
+    with eval_mode(model):
+        probs = model(ids).softmax(-1)[0]
     out = []
     for pos in where.tolist():
         p, idx = probs[pos].topk(k)
@@ -277,12 +276,10 @@ def classification_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 def accuracy(model: nn.Module, tokenizer: SpecialWordTokenizer, texts: Sequence[str], labels: Sequence[int],
              batch_size: int = 256) -> float:
     """Fraction of ``texts`` whose arg-max class equals the label (model in eval mode, restored after)."""
-    was_training = model.training
-    model.eval()
     right = 0
-    for start in range(0, len(texts), batch_size):
-        ids, attention = tokenizer.batch(texts[start:start + batch_size])
-        pred = model(ids, attention).argmax(-1)
-        right += int((pred == torch.as_tensor(list(labels[start:start + batch_size]))).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(texts), batch_size):
+            ids, attention = tokenizer.batch(texts[start:start + batch_size])
+            pred = model(ids, attention).argmax(-1)
+            right += int((pred == torch.as_tensor(list(labels[start:start + batch_size]))).sum())
     return right / max(1, len(texts))

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from course.data.tasks import SEQ2SEQ_VOCAB, CharVocab, encode_sources
+from course.utils import eval_mode
 
 __all__ = ["cross_attention", "validate_source", "greedy_decode", "beam_step", "length_normalise", "beam_search",
            "sequence_log_prob", "exact_match", "cross_attention_maps", "translate"]
@@ -88,18 +89,18 @@ def greedy_decode(model: nn.Module, src: Tensor, max_len: int, bos_id: int = BOS
     a row stops at ``<eos>`` or after ``max_len`` tokens.
     """
     validate_source(model, src, max_len)
-    model.eval()
-    memory = model.encode(src)
     out = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
     done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
-    for _ in range(max_len):
-        logits = model.decode(out, memory, src)[:, -1]          # [b, vocab]
-        nxt = logits.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-        out = torch.cat([out, nxt[:, None]], dim=1)
-        done |= nxt == eos_id
-        if bool(done.all()):
-            break
+    with eval_mode(model):
+        memory = model.encode(src)
+        for _ in range(max_len):
+            logits = model.decode(out, memory, src)[:, -1]          # [b, vocab]
+            nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            done |= nxt == eos_id
+            if bool(done.all()):
+                break
     return [_strip(row[1:].tolist(), eos_id) for row in out]
 
 
@@ -155,25 +156,25 @@ def beam_search(model: nn.Module, src: Tensor, beam_size: int, max_len: int, len
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size must be a whole number >= 1, got {beam_size!r}")
     validate_source(model, src, max_len)
-    model.eval()
     b, device = src.shape[0], src.device
-    memory = model.encode(src)                                                  # [b, s, d]
     beams = torch.full((b, 1, 1), bos_id, dtype=torch.long, device=device)      # [b, n, 1 + steps]
     scores = torch.zeros(b, 1, device=device)                                   # [b, n] sum of log-probs
     finished = torch.zeros(b, 1, dtype=torch.bool, device=device)
     lengths = torch.zeros(b, 1, dtype=torch.long, device=device)                # tokens incl. <eos>
     rows = torch.arange(b, device=device)[:, None]
-    for _ in range(max_len):
-        n = beams.shape[1]
-        logits = model.decode(beams.flatten(0, 1), memory.repeat_interleave(n, 0), src.repeat_interleave(n, 0))
-        log_probs = torch.log_softmax(logits[:, -1].float(), -1).view(b, n, -1)  # [b, n, vocab]
-        steps = [beam_step(scores[i], log_probs[i], finished[i], beam_size, eos_id) for i in range(b)]
-        scores, parent, token = (torch.stack(t) for t in zip(*steps))         # each [b, k]
-        lengths = lengths[rows, parent] + (~finished[rows, parent]).long()
-        finished = finished[rows, parent] | (token == eos_id)
-        beams = torch.cat([beams[rows, parent], token[..., None]], dim=-1)
-        if bool(finished.all()):
-            break
+    with eval_mode(model):
+        memory = model.encode(src)                                              # [b, s, d]
+        for _ in range(max_len):
+            n = beams.shape[1]
+            logits = model.decode(beams.flatten(0, 1), memory.repeat_interleave(n, 0), src.repeat_interleave(n, 0))
+            log_probs = torch.log_softmax(logits[:, -1].float(), -1).view(b, n, -1)  # [b, n, vocab]
+            steps = [beam_step(scores[i], log_probs[i], finished[i], beam_size, eos_id) for i in range(b)]
+            scores, parent, token = (torch.stack(t) for t in zip(*steps))         # each [b, k]
+            lengths = lengths[rows, parent] + (~finished[rows, parent]).long()
+            finished = finished[rows, parent] | (token == eos_id)
+            beams = torch.cat([beams[rows, parent], token[..., None]], dim=-1)
+            if bool(finished.all()):
+                break
     ranked = length_normalise(scores, lengths.clamp(min=1), length_penalty)
     ranked = torch.where(torch.isnan(ranked), torch.full_like(ranked, float("-inf")), ranked)
     best = ranked.argmax(-1)                                                    # [b]
@@ -189,12 +190,12 @@ def sequence_log_prob(model: nn.Module, src: Tensor, outputs: Sequence[Sequence[
     validate_source(model, src)
     if len(outputs) != src.shape[0]:
         raise ValueError(f"{len(outputs)} outputs for {src.shape[0]} sources")
-    model.eval()
     totals = []
-    for row, out in zip(src, outputs):
-        ids = torch.tensor([bos_id, *out, eos_id], dtype=torch.long, device=src.device)
-        logp = torch.log_softmax(model(row[None], ids[None, :-1]).float(), -1)[0]     # [t, vocab]
-        totals.append(logp.gather(1, ids[1:, None]).sum())
+    with eval_mode(model):
+        for row, out in zip(src, outputs):
+            ids = torch.tensor([bos_id, *out, eos_id], dtype=torch.long, device=src.device)
+            logp = torch.log_softmax(model(row[None], ids[None, :-1]).float(), -1)[0]     # [t, vocab]
+            totals.append(logp.gather(1, ids[1:, None]).sum())
     return torch.stack(totals)
 
 
@@ -219,8 +220,8 @@ def cross_attention_maps(model: nn.Module, src: Tensor, tgt_in: Tensor) -> Tenso
     if not isinstance(tgt_in, Tensor) or tgt_in.dim() != 2 or tgt_in.shape[0] != src.shape[0]:
         raise ValueError(f"tgt_in must be [batch, t] with the batch of src {tuple(src.shape)}, "
                          f"got {tuple(getattr(tgt_in, 'shape', ()))}")
-    model.eval()
-    _, cross = model.decode(tgt_in, model.encode(src), src, need_weights=True)
+    with eval_mode(model):
+        _, cross = model.decode(tgt_in, model.encode(src), src, need_weights=True)
     return torch.stack(cross)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .plotting import use_course_style
+from .utils import describe_exception, show_message
 
 __all__ = [
     "ALLOWED_PUNCTUATION",
@@ -168,9 +169,7 @@ class AttentionExplorer:
         self.update(sentence)
 
     def _say(self, line: str, ok: bool) -> None:
-        import html
-        colour = "#2a7a2a" if ok else "#b00020"
-        self.message.value = f'<span style="color:{colour}">{html.escape(line)}</span>'
+        show_message(self.message, line, ok)
 
     def update(self, text: str) -> bool:
         """Validate ``text``, run attend_fn, redraw. Returns True if a heatmap was drawn."""
@@ -181,8 +180,7 @@ class AttentionExplorer:
         try:
             weights = _to_numpy(self.attend_fn(tokens))
         except Exception as exc:  # the learner's attend_fn may raise anything: one line, no traceback
-            first = (str(exc).strip().splitlines() or [""])[0][:160]
-            self._say(f"attend_fn raised {type(exc).__name__}: {first}", ok=False)
+            self._say(f"attend_fn raised {describe_exception(exc)}", ok=False)
             return False
         n = len(tokens)
         if weights.shape[-2:] != (n, n) or weights.ndim not in (2, 3):
@@ -353,14 +351,7 @@ class ModelExplorer:
 
     # -- messages -------------------------------------------------------------------------------
     def _say(self, line: str, ok: bool) -> None:
-        import html
-        colour = "#2a7a2a" if ok else "#b00020"
-        self.message.value = f'<span style="color:{colour}">{html.escape(line)}</span>'
-
-    @staticmethod
-    def _one_line(exc: Exception) -> str:
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        return f"{type(exc).__name__}: {first}"
+        show_message(self.message, line, ok)
 
     # -- the sentence ---------------------------------------------------------------------------
     def set_sentence(self, text: str) -> bool:
@@ -377,7 +368,7 @@ class ModelExplorer:
                                  f"(layers, heads, {len(tokens)}, {len(tokens)})")
             answer = self.describe_fn(words) if self.describe_fn is not None else ""
         except Exception as exc:  # one line, never a traceback; the last picture stays
-            self._say(f"The model could not run: {self._one_line(exc)}", ok=False)
+            self._say(f"The model could not run: {describe_exception(exc)}", ok=False)
             return False
         previous = self.tokens[self.token.value] if self.tokens and self.token.value != ALL_ROWS else None
         self.tokens, self.attentions = list(tokens), attentions
@@ -449,7 +440,7 @@ class ModelExplorer:
         try:
             self.image.value = self._render()
         except Exception as exc:
-            self._say(f"Could not draw: {self._one_line(exc)}", ok=False)
+            self._say(f"Could not draw: {describe_exception(exc)}", ok=False)
             return False
         plt.close("all")
         n, token = len(self.tokens), self.token.value

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from ..utils import describe_exception
+
 PASSED, FAILED, NOT_ATTEMPTED = "passed", "failed", "not attempted"
 _SYMBOL = {PASSED: "✓", FAILED: "✗", NOT_ATTEMPTED: "…"}
 
@@ -88,11 +90,7 @@ def report(result: CheckResult, strict: bool | None = None) -> CheckResult:
 
 
 def _describe_exception(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    if len(first) > 160:
-        first = first[:157] + "..."
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return describe_exception(exc)
 
 
 def _as_tuple(value: Any) -> tuple:

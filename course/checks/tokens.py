@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from course.tokenizers import get_pair_counts, merge, one_hot_embedding
+from course.utils import describe_exception
 
 from .core import FAILED, NOT_ATTEMPTED, PASSED, CheckResult, Mistake, evaluate_function, report
 
@@ -111,9 +112,7 @@ def evaluate_values(exercise: str, fn: Any, reference: Callable[..., Any], cases
 
 
 def _describe(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    first = lines[0][:160] if lines else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return describe_exception(exc)
 
 
 def _diagnose(seen: list[tuple[tuple, Any]], mistakes: Sequence[Mistake], want_like: Any) -> str | None:

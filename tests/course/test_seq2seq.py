@@ -166,3 +166,16 @@ def test_cross_attention_in_the_open_equals_a_one_head_multi_head_attention_with
     torch.testing.assert_close(weights, want_weights[:, 0], atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="memory_mask must be"):
         cross_attention(x, memory, mha.q_proj.weight.T, mha.k_proj.weight.T, mha.v_proj.weight.T, mask[:, :3])
+
+
+def test_decoding_leaves_the_model_in_the_mode_it_was_in():
+    seed_everything(0)
+    cfg = EncoderDecoderConfig(vocab_size=len(SEQ2SEQ_VOCAB), max_len=20, d_model=32, num_heads=4, d_ff=64,
+                               dropout=0.1)
+    training = EncoderDecoder(cfg).train()
+    src = encode_sources(["417", "2024-03-07"])
+    greedy_decode(training, src, 4)
+    beam_search(training, src, beam_size=2, max_len=4)
+    sequence_log_prob(training, src, [[3], [4]])
+    cross_attention_maps(training, src, torch.ones(2, 3, dtype=torch.long))
+    assert training.training and all(m.training for m in training.modules())
