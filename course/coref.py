@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from course.data.sentences import ItSentence, grammar_vocabulary, split_words
 from course.mlm import SpecialWordTokenizer
 from course.models.bert import BertConfig, BertEncoder
+from course.seed import step_seed
 from course.utils import eval_mode
 
 __all__ = [
@@ -110,7 +111,7 @@ def coref_batches(sentences: Sequence[ItSentence], tokenizer: SpecialWordTokeniz
     pool = list(sentences)
 
     def next_batch(step: int) -> CorefBatch:
-        rng = random.Random(seed * 1_000_003 + step)
+        rng = random.Random(step_seed(seed, step))
         return coref_batch([pool[rng.randrange(len(pool))] for _ in range(batch_size)], tokenizer)
 
     return next_batch

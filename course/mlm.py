@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from course.data.sentences import split_words
+from course.seed import step_seed
 from course.train import lm_loss
 from course.utils import eval_mode
 
@@ -185,7 +186,7 @@ def mlm_batches(texts: Sequence[str], tokenizer: SpecialWordTokenizer, batch_siz
         raise ValueError("mlm_batches needs at least one text")
 
     def next_batch(step: int) -> dict[str, Tensor]:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(step_seed(seed, step))
         rows = torch.randint(0, len(texts), (batch_size,), generator=g).tolist()
         ids, attention = tokenizer.batch([texts[r] for r in rows])
         inputs, labels = mask_tokens(ids, tokenizer.special_mask(ids), tokenizer.mask_id, tokenizer.vocab_size,
@@ -258,7 +259,7 @@ def classification_batches(texts: Sequence[str], labels: Sequence[int], tokenize
     y = torch.as_tensor(list(labels), dtype=torch.long)
 
     def next_batch(step: int) -> dict[str, Tensor]:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(step_seed(seed, step))
         rows = torch.randint(0, len(texts), (batch_size,), generator=g)
         ids, attention = tokenizer.batch([texts[r] for r in rows.tolist()])
         return {"input_ids": ids, "attention_mask": attention, "labels": y[rows]}

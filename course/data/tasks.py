@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from course.seed import step_seed
+
 __all__ = [
     "PAD", "BOS", "EOS", "IGNORE_INDEX", "CharVocab", "SEQ2SEQ_VOCAB", "Seq2SeqTask", "TASKS", "get_task",
     "reverse_target", "date_target", "number_to_words", "addition_target", "task_split", "Seq2SeqBatch",
@@ -311,7 +313,7 @@ def batch_sampler(pairs: Sequence[tuple[str, str]], batch_size: int, vocab: Char
     pairs = list(pairs)
 
     def next_batch(step: int) -> Seq2SeqBatch:
-        rng = random.Random(seed * 1_000_003 + step)
+        rng = random.Random(step_seed(seed, step))
         return make_batch([pairs[rng.randrange(len(pairs))] for _ in range(batch_size)], vocab)
 
     return next_batch
