@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from course.data.sentences import split_words
+from course.data.tasks import IGNORE_INDEX
 from course.seed import step_seed
 from course.train import lm_loss
 from course.utils import eval_mode
@@ -32,7 +33,6 @@ __all__ = [
 ]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-IGNORE_INDEX = -100
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
-IGNORE_INDEX = -100  # label value that the loss skips (padding); the default of F.cross_entropy
+IGNORE_INDEX = -100  # label value that the loss skips (padding, unmasked tokens); the default of F.cross_entropy
 
 # ------------------------------------------------------------------------------------ vocabulary
 
