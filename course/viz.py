@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .data.sentences import tokenize_words
 from .plotting import use_course_style
 from .utils import describe_exception, show_message
 
@@ -39,13 +40,7 @@ __all__ = [
 ]
 
 ALLOWED_PUNCTUATION = ".,!?'-"
-_TOKEN = re.compile(r"[A-Za-z0-9]+(?:['-][A-Za-z0-9]+)*|[.,!?]")
 _ALLOWED_CHAR = re.compile(r"[A-Za-z0-9\s" + re.escape(ALLOWED_PUNCTUATION) + r"]")
-
-
-def tokenize_words(text: str) -> list[str]:
-    """Split a sentence into words and punctuation marks: "didn't cross." -> ["didn't", "cross", "."]."""
-    return _TOKEN.findall(text)
 
 
 def validate_sentence(text: str, max_tokens: int, vocab: Collection[str] | None = None) -> tuple[list[str], str]:
