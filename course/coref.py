@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from course.data.sentences import ItSentence, grammar_vocabulary, split_words
+from course.data.sentences import ItSentence, grammar_vocabulary
 from course.mlm import SpecialWordTokenizer
 from course.models.bert import BertConfig, BertEncoder
 from course.seed import step_seed
@@ -317,11 +317,6 @@ def pretrained_it_attention(encoder: BertEncoder, tokenizer, text: str, nouns: S
             raise ValueError(f"{noun!r} is not a single token in {text!r}: {tokens}")
         to_nouns.append(rows[..., where[0]])
     return tokens, att, torch.stack(to_nouns)
-
-
-def sentence_words(text: str) -> list[str]:
-    """The grammar's word split (lower case): handy for typing sentences into the coref model."""
-    return split_words(text)
 
 
 # ----------------------------------------------------------------------------------------------

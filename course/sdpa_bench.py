@@ -18,7 +18,7 @@ import datetime as _dt
 import json
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -337,13 +337,3 @@ def plot_tables(own: Sequence[Result], reference: Sequence[Result] | None = None
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def rows_for(results: Sequence[Result], **match) -> list[Result]:
-    """The results whose entry fields equal ``match`` (e.g. ``seq=4096, dtype="bfloat16"``)."""
-    return [r for r in results if all(getattr(r.entry, k) == v for k, v in match.items())]
-
-
-def with_backend(entries: Sequence[Entry], backend: str) -> list[Entry]:
-    """The same configurations with another backend."""
-    return [replace(e, backend=backend) for e in entries]
