@@ -145,21 +145,21 @@ def causal_mask(seq_len: int, device: torch.device | str | None = None) -> torch
 
 def padding_mask(
     lengths_or_pad: torch.Tensor | Sequence[int],
-    max_len: int | None = None,
+    seq_len: int | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Mask out padding keys: returns bool [batch, 1, 1, seq_k], True at real (non-pad) keys.
 
-    ``lengths_or_pad`` is either the real lengths (ints, [batch]; ``max_len`` defaults to the
-    longest) or a boolean ``pad`` tensor [batch, seq_k] that is True AT PADDING (the
-    ``key_padding_mask`` convention of ``torch.nn.MultiheadAttention``). The result broadcasts
-    against scores [batch, heads, seq_q, seq_k].
+    ``lengths_or_pad`` is either the real lengths (ints, [batch]; ``seq_len``, the padded length
+    seq_k, defaults to the longest) or a boolean ``pad`` tensor [batch, seq_k] that is True AT
+    PADDING (the ``key_padding_mask`` convention of ``torch.nn.MultiheadAttention``). The result
+    broadcasts against scores [batch, heads, seq_q, seq_k].
     """
     if isinstance(lengths_or_pad, torch.Tensor) and lengths_or_pad.dtype == torch.bool:
         if lengths_or_pad.ndim != 2:
             raise ValueError(f"a boolean pad tensor must be [batch, seq_k], got shape {_shape(lengths_or_pad)}")
-        if max_len is not None and max_len != lengths_or_pad.shape[1]:
-            raise ValueError(f"max_len={max_len} disagrees with the pad tensor's shape {_shape(lengths_or_pad)}")
+        if seq_len is not None and seq_len != lengths_or_pad.shape[1]:
+            raise ValueError(f"seq_len={seq_len} disagrees with the pad tensor's shape {_shape(lengths_or_pad)}")
         allowed = ~lengths_or_pad
         if device is not None:
             allowed = allowed.to(device)
@@ -171,10 +171,10 @@ def padding_mask(
         if lengths.numel() and int(lengths.min()) < 0:
             raise ValueError(f"lengths must be >= 0, got {lengths.tolist()}")
         longest = int(lengths.max()) if lengths.numel() else 0
-        max_len = longest if max_len is None else max_len
-        if longest > max_len:
-            raise ValueError(f"a length ({longest}) is longer than max_len={max_len}")
-        allowed = torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+        seq_len = longest if seq_len is None else seq_len
+        if longest > seq_len:
+            raise ValueError(f"a length ({longest}) is longer than seq_len={seq_len}")
+        allowed = torch.arange(seq_len, device=lengths.device)[None, :] < lengths[:, None]
     return allowed[:, None, None, :]
 
 

@@ -343,7 +343,7 @@ def coref_explorer(model: ItResolver, tokenizer: SpecialWordTokenizer, sentence:
         word, p = found
         return f"The model says <b>it = {word}</b> (probability {p:.2f})."
 
-    return model_explorer(run, sentence=sentence, max_tokens=model.config.max_positions - 2,
+    return model_explorer(run, sentence=sentence, max_tokens=model.config.context_length - 2,
                           vocab=words_known, describe_fn=describe, **kw)
 
 
@@ -354,9 +354,9 @@ def pretrained_explorer(encoder: BertEncoder, tokenizer, sentence: str = "", max
     @torch.no_grad()
     def run(words: list[str]) -> tuple[list[str], Tensor]:
         batch = tokenizer([" ".join(words)], return_tensors="pt")
-        if batch["input_ids"].shape[1] > encoder.config.max_positions:
+        if batch["input_ids"].shape[1] > encoder.config.context_length:
             raise ValueError(f"{batch['input_ids'].shape[1]} WordPiece tokens; the model reads at most "
-                             f"{encoder.config.max_positions}")
+                             f"{encoder.config.context_length}")
         with eval_mode(encoder):
             _, weights = encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                                  need_weights=True)

@@ -273,8 +273,9 @@ def _pad(rows: list[list[int]], value: int) -> Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-def encode_sources(texts: Sequence[str], vocab: CharVocab = SEQ2SEQ_VOCAB, max_len: int | None = None) -> Tensor:
-    """Source strings -> ``[b, s]`` ids padded with ``<pad>``; empty, too long or unknown text is a ``ValueError``."""
+def encode_sources(texts: Sequence[str], vocab: CharVocab = SEQ2SEQ_VOCAB, context_length: int | None = None) -> Tensor:
+    """Source strings -> ``[b, s]`` ids padded with ``<pad>``; empty text, unknown characters or a text
+    longer than ``context_length`` (the model's) is a ``ValueError``."""
     if isinstance(texts, str):
         texts = [texts]
     if len(texts) == 0:
@@ -284,8 +285,8 @@ def encode_sources(texts: Sequence[str], vocab: CharVocab = SEQ2SEQ_VOCAB, max_l
         vocab.validate(text, "source")
         if len(text) == 0:
             raise ValueError("the source is empty: type at least one character")
-        if max_len is not None and len(text) > max_len:
-            raise ValueError(f"the source {text[:40]!r} has {len(text)} characters; at most {max_len} fit")
+        if context_length is not None and len(text) > context_length:
+            raise ValueError(f"the source {text[:40]!r} has {len(text)} characters; at most {context_length} fit")
         rows.append(vocab.encode(text))
     return _pad(rows, vocab.pad_id)
 

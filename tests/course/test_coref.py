@@ -27,7 +27,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def small_model(tokenizer):
     seed_everything(0)
-    return ItResolver(BertConfig(vocab_size=tokenizer.vocab_size, max_positions=24, d_model=32, num_heads=2,
+    return ItResolver(BertConfig(vocab_size=tokenizer.vocab_size, context_length=24, d_model=32, num_heads=2,
                                  num_layers=2)).eval()
 
 
@@ -52,7 +52,7 @@ def test_measuring_leaves_the_model_in_the_mode_it_was_in(tokenizer):
     from course.coref import resolve_it
 
     seed_everything(0)
-    model = ItResolver(BertConfig(vocab_size=tokenizer.vocab_size, max_positions=24, d_model=32, num_heads=2,
+    model = ItResolver(BertConfig(vocab_size=tokenizer.vocab_size, context_length=24, d_model=32, num_heads=2,
                                   num_layers=1, dropout=0.1)).train()
     sentences = it_sentences(4, seed=0)
     coref_accuracy(model, tokenizer, sentences)
@@ -64,7 +64,7 @@ def test_measuring_leaves_the_model_in_the_mode_it_was_in(tokenizer):
 def test_resolver_learns_the_task_on_held_out_pairs(tokenizer):
     """A short training run: well above chance (0.5 for picking one of the two nouns) on held-out pairs."""
     seed_everything(0)
-    model = ItResolver(BertConfig(vocab_size=tokenizer.vocab_size, max_positions=24, d_model=64, num_heads=4,
+    model = ItResolver(BertConfig(vocab_size=tokenizer.vocab_size, context_length=24, d_model=64, num_heads=4,
                                   num_layers=2))
     train(model, coref_batches(it_sentences(2000, 0, "train"), tokenizer, 64), coref_loss, steps=150, lr=3e-3,
           warmup=20, desc="test")
@@ -131,7 +131,7 @@ def test_gpt_attentions_give_the_same_hidden_states_and_causal_weights():
 
 def test_cross_attention_adapter_gives_target_by_source_maps():
     seed_everything(0)
-    model = EncoderDecoder(EncoderDecoderConfig(vocab_size=20, max_len=16, d_model=32, num_heads=4))
+    model = EncoderDecoder(EncoderDecoderConfig(vocab_size=20, context_length=16, d_model=32, num_heads=4))
     src, tgt = torch.randint(3, 20, (1, 6)), torch.randint(3, 20, (1, 4))
     cross = cross_attentions_for_bertviz(model, src, tgt)
     assert len(cross) == 2 and cross[0].shape == (1, 4, 4, 6)

@@ -23,7 +23,7 @@ D, HEADS, FF = 32, 4, 64
 
 def _pair(norm_first: bool, layers=(2, 2)):
     seed_everything(0)
-    cfg = EncoderDecoderConfig(vocab_size=20, max_len=16, d_model=D, num_heads=HEADS, d_ff=FF, norm_first=norm_first,
+    cfg = EncoderDecoderConfig(vocab_size=20, context_length=16, d_model=D, num_heads=HEADS, d_ff=FF, norm_first=norm_first,
                                num_encoder_layers=layers[0], num_decoder_layers=layers[1])
     ours = EncoderDecoder(cfg).eval()
     with warnings.catch_warnings():
@@ -65,7 +65,7 @@ def test_whole_model_equals_embeddings_then_torch_transformer_then_output_layer(
     tgt_in = torch.tensor([[1, 4, 5, 6], [1, 7, 8, 0]])
 
     def embed(ids):
-        return ours.embedding(ids) * math.sqrt(D) + ours.positions[: ids.shape[1]]
+        return ours.token_embedding(ids) * math.sqrt(D) + ours.positions[: ids.shape[1]]
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -117,13 +117,13 @@ def test_decode_returns_cross_attention_per_layer_with_rows_summing_to_one():
 
 def test_padding_embedding_row_is_zero_and_output_is_tied():
     ours, _ = _pair(True)
-    assert float(ours.embedding.weight.detach()[0].abs().max()) == 0.0
-    assert ours.output.weight is ours.embedding.weight
+    assert float(ours.token_embedding.weight.detach()[0].abs().max()) == 0.0
+    assert ours.output.weight is ours.token_embedding.weight
 
 
 def test_bad_inputs_and_mismatched_weights_give_clear_messages():
     ours, theirs = _pair(True)
-    with pytest.raises(ValueError, match="longer than max_len=16"):
+    with pytest.raises(ValueError, match="longer than context_length=16"):
         ours(torch.ones(1, 17, dtype=torch.long), torch.ones(1, 2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"must lie in \[0, 20\)"):
         ours(torch.tensor([[25]]), torch.tensor([[1]]))
