@@ -23,6 +23,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from course.utils import shape_of
 from course.weights import MODULE_QUESTION, Step, chunk, load_plan
 
 if TYPE_CHECKING:
@@ -53,26 +54,22 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- checks on inputs
 
-def _shape(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Raise ValueError, naming the shapes, unless q, k, v fit together for attention."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.ndim < 2:
-            raise ValueError(f"{name} must have at least 2 dimensions [..., seq, d], got shape {_shape(t)}")
+            raise ValueError(f"{name} must have at least 2 dimensions [..., seq, d], got shape {shape_of(t)}")
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must share their last dimension d_k: q {_shape(q)}, k {_shape(k)}")
+        raise ValueError(f"q and k must share their last dimension d_k: q {shape_of(q)}, k {shape_of(k)}")
     if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"k and v must have the same number of keys (dim -2): k {_shape(k)}, v {_shape(v)}")
+        raise ValueError(f"k and v must have the same number of keys (dim -2): k {shape_of(k)}, v {shape_of(v)}")
     try:
         torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except RuntimeError:
         raise ValueError(f"the leading (batch/head) dimensions of q, k, v do not broadcast: "
-                         f"q {_shape(q)}, k {_shape(k)}, v {_shape(v)}") from None
+                         f"q {shape_of(q)}, k {shape_of(k)}, v {shape_of(v)}") from None
 
 
 def _check_mask(mask: torch.Tensor, scores_shape: torch.Size) -> None:
@@ -87,7 +84,7 @@ def _check_mask(mask: torch.Tensor, scores_shape: torch.Size) -> None:
     except RuntimeError:
         target = None
     if target != scores_shape:
-        raise ValueError(f"mask of shape {_shape(mask)} does not broadcast to the scores' shape "
+        raise ValueError(f"mask of shape {shape_of(mask)} does not broadcast to the scores' shape "
                          f"{tuple(scores_shape)} [..., seq_q, seq_k]")
 
 
@@ -100,7 +97,7 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor, scale: float | None = Non
     (or ``* scale`` when ``scale`` is given).
     """
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must share their last dimension d_k: q {_shape(q)}, k {_shape(k)}")
+        raise ValueError(f"q and k must share their last dimension d_k: q {shape_of(q)}, k {shape_of(k)}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     return (q @ k.transpose(-2, -1)) * scale
 
@@ -155,36 +152,36 @@ def causal_mask(seq_len: int, device: torch.device | str | None = None) -> torch
 
 def padding_mask(
     lengths_or_pad: torch.Tensor | Sequence[int],
-    max_len: int | None = None,
+    seq_len: int | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Mask out padding keys: returns bool [batch, 1, 1, seq_k], True at real (non-pad) keys.
 
-    ``lengths_or_pad`` is either the real lengths (ints, [batch]; ``max_len`` defaults to the
-    longest) or a boolean ``pad`` tensor [batch, seq_k] that is True AT PADDING (the
-    ``key_padding_mask`` convention of ``torch.nn.MultiheadAttention``). The result broadcasts
-    against scores [batch, heads, seq_q, seq_k].
+    ``lengths_or_pad`` is either the real lengths (ints, [batch]; ``seq_len``, the padded length
+    seq_k, defaults to the longest) or a boolean ``pad`` tensor [batch, seq_k] that is True AT
+    PADDING (the ``key_padding_mask`` convention of ``torch.nn.MultiheadAttention``). The result
+    broadcasts against scores [batch, heads, seq_q, seq_k].
     """
     if isinstance(lengths_or_pad, torch.Tensor) and lengths_or_pad.dtype == torch.bool:
         if lengths_or_pad.ndim != 2:
-            raise ValueError(f"a boolean pad tensor must be [batch, seq_k], got shape {_shape(lengths_or_pad)}")
-        if max_len is not None and max_len != lengths_or_pad.shape[1]:
-            raise ValueError(f"max_len={max_len} disagrees with the pad tensor's shape {_shape(lengths_or_pad)}")
+            raise ValueError(f"a boolean pad tensor must be [batch, seq_k], got shape {shape_of(lengths_or_pad)}")
+        if seq_len is not None and seq_len != lengths_or_pad.shape[1]:
+            raise ValueError(f"seq_len={seq_len} disagrees with the pad tensor's shape {shape_of(lengths_or_pad)}")
         allowed = ~lengths_or_pad
         if device is not None:
             allowed = allowed.to(device)
     else:
         lengths = torch.as_tensor(lengths_or_pad, device=device)
         if lengths.ndim != 1 or lengths.is_floating_point():
-            raise ValueError(f"lengths must be a 1-D sequence of ints [batch], got shape {_shape(lengths)} "
+            raise ValueError(f"lengths must be a 1-D sequence of ints [batch], got shape {shape_of(lengths)} "
                              f"and dtype {lengths.dtype}")
         if lengths.numel() and int(lengths.min()) < 0:
             raise ValueError(f"lengths must be >= 0, got {lengths.tolist()}")
         longest = int(lengths.max()) if lengths.numel() else 0
-        max_len = longest if max_len is None else max_len
-        if longest > max_len:
-            raise ValueError(f"a length ({longest}) is longer than max_len={max_len}")
-        allowed = torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+        seq_len = longest if seq_len is None else seq_len
+        if longest > seq_len:
+            raise ValueError(f"a length ({longest}) is longer than seq_len={seq_len}")
+        allowed = torch.arange(seq_len, device=lengths.device)[None, :] < lengths[:, None]
     return allowed[:, None, None, :]
 
 
@@ -206,7 +203,7 @@ def to_torch_key_padding_mask(mask: torch.Tensor) -> torch.Tensor:
     if mask.ndim == 4 and mask.shape[1] == mask.shape[2] == 1:
         mask = mask[:, 0, 0]
     if mask.ndim != 2:
-        raise ValueError(f"expected a padding mask [batch, 1, 1, seq_k] or [batch, seq_k], got shape {_shape(mask)}")
+        raise ValueError(f"expected a padding mask [batch, 1, 1, seq_k] or [batch, seq_k], got shape {shape_of(mask)}")
     return ~mask
 
 
@@ -218,17 +215,17 @@ def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     Head h gets the features h*d_head ... (h+1)*d_head - 1 of every position.
     """
     if x.ndim != 3:
-        raise ValueError(f"split_heads expects [batch, seq, d_model], got shape {_shape(x)}")
+        raise ValueError(f"split_heads expects [batch, seq, d_model], got shape {shape_of(x)}")
     batch, seq, d_model = x.shape
     if d_model % num_heads:
-        raise ValueError(f"d_model={d_model} (shape {_shape(x)}) is not divisible by num_heads={num_heads}")
+        raise ValueError(f"d_model={d_model} (shape {shape_of(x)}) is not divisible by num_heads={num_heads}")
     return x.view(batch, seq, num_heads, d_model // num_heads).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """[batch, heads, seq, d_head] -> [batch, seq, heads * d_head]: the inverse of split_heads."""
     if x.ndim != 4:
-        raise ValueError(f"merge_heads expects [batch, heads, seq, d_head], got shape {_shape(x)}")
+        raise ValueError(f"merge_heads expects [batch, heads, seq, d_head], got shape {shape_of(x)}")
     batch, heads, seq, d_head = x.shape
     # transpose makes the tensor non-contiguous, so .view needs .contiguous() first (or use reshape).
     return x.transpose(1, 2).contiguous().view(batch, seq, heads * d_head)
@@ -238,26 +235,26 @@ def split_heads_einops(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """The same as :func:`split_heads`, written with einops."""
     if x.ndim != 3 or x.shape[-1] % num_heads:
         raise ValueError(f"split_heads_einops expects [batch, seq, d_model] with d_model divisible by "
-                         f"num_heads={num_heads}, got shape {_shape(x)}")
+                         f"num_heads={num_heads}, got shape {shape_of(x)}")
     return rearrange(x, "b s (h d) -> b h s d", h=num_heads)
 
 
 def merge_heads_einops(x: torch.Tensor) -> torch.Tensor:
     """The same as :func:`merge_heads`, written with einops."""
     if x.ndim != 4:
-        raise ValueError(f"merge_heads_einops expects [batch, heads, seq, d_head], got shape {_shape(x)}")
+        raise ValueError(f"merge_heads_einops expects [batch, heads, seq, d_head], got shape {shape_of(x)}")
     return rearrange(x, "b h s d -> b s (h d)")
 
 
 def _check_mha_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, d_model: int) -> None:
     for name, t in (("query", query), ("key", key), ("value", value)):
         if t.ndim != 3 or t.shape[-1] != d_model:
-            raise ValueError(f"{name} must be [batch, seq, d_model={d_model}] (batch first), got shape {_shape(t)}")
+            raise ValueError(f"{name} must be [batch, seq, d_model={d_model}] (batch first), got shape {shape_of(t)}")
     if not (query.shape[0] == key.shape[0] == value.shape[0]):
-        raise ValueError(f"query, key and value must have the same batch size: query {_shape(query)}, "
-                         f"key {_shape(key)}, value {_shape(value)}")
+        raise ValueError(f"query, key and value must have the same batch size: query {shape_of(query)}, "
+                         f"key {shape_of(key)}, value {shape_of(value)}")
     if key.shape[1] != value.shape[1]:
-        raise ValueError(f"key and value must have the same length: key {_shape(key)}, value {_shape(value)}")
+        raise ValueError(f"key and value must have the same length: key {shape_of(key)}, value {shape_of(value)}")
 
 
 def _heads_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -354,7 +351,7 @@ class FusedQKVAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, need_weights: bool = False):
         if x.ndim != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must be [batch, seq, d_model={self.d_model}], got shape {_shape(x)}")
+            raise ValueError(f"x must be [batch, seq, d_model={self.d_model}], got shape {shape_of(x)}")
         qkv = rearrange(self.qkv_proj(x), "b s (three h d) -> three b h s d", three=3, h=self.num_heads)
         q, k, v = qkv.unbind(0)              # each [batch, heads, seq, d_head]
         out, weights = scaled_dot_product_attention(q, k, v, _heads_mask(mask),

@@ -25,9 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from course.data.sentences import ItSentence, grammar_vocabulary, split_words
+from course.data.sentences import ItSentence, grammar_vocabulary
 from course.models.bert import BertConfig, BertEncoder
+from course.seed import step_seed
 from course.tokenizers import SpecialWordTokenizer
+from course.utils import eval_mode
 
 __all__ = [
     "coref_tokenizer", "ItResolver", "CorefBatch", "coref_batch", "coref_batches", "coref_loss",
@@ -108,7 +110,7 @@ def coref_batches(sentences: Sequence[ItSentence], tokenizer: SpecialWordTokeniz
     pool = list(sentences)
 
     def next_batch(step: int) -> CorefBatch:
-        rng = random.Random(seed * 1_000_003 + step)
+        rng = random.Random(step_seed(seed, step))
         return coref_batch([pool[rng.randrange(len(pool))] for _ in range(batch_size)], tokenizer)
 
     return next_batch
@@ -128,13 +130,11 @@ def coref_loss(model: nn.Module, batch: CorefBatch) -> Tensor:
 def coref_accuracy(model: nn.Module, tokenizer: SpecialWordTokenizer, sentences: Sequence[ItSentence],
                    batch_size: int = 256) -> float:
     """Share of ``sentences`` where the word predicted at "it" is exactly the referent noun."""
-    was_training = model.training
-    model.eval()
     correct = 0
-    for start in range(0, len(sentences), batch_size):
-        batch = coref_batch(sentences[start:start + batch_size], tokenizer)
-        correct += int((_logits_at_it(model, batch).argmax(-1) == batch.target).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(sentences), batch_size):
+            batch = coref_batch(sentences[start:start + batch_size], tokenizer)
+            correct += int((_logits_at_it(model, batch).argmax(-1) == batch.target).sum())
     return correct / len(sentences)
 
 
@@ -145,8 +145,8 @@ def resolve_it(model: nn.Module, tokenizer: SpecialWordTokenizer, words: Sequenc
     if "it" not in lowered:
         return None
     ids, mask = tokenizer.batch([" ".join(lowered)])
-    model.eval()
-    probs = model(ids, mask)[0, lowered.index("it") + 1].softmax(-1)
+    with eval_mode(model):
+        probs = model(ids, mask)[0, lowered.index("it") + 1].softmax(-1)
     p, i = probs.max(-1)
     return tokenizer.itos[int(i)], float(p)
 
@@ -157,9 +157,9 @@ def resolve_it(model: nn.Module, tokenizer: SpecialWordTokenizer, words: Sequenc
 
 @torch.no_grad()
 def encoder_attentions(encoder: BertEncoder, ids: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Every layer's attention weights: ``ids [b, s] -> [layers, b, heads, s, s]`` (eval mode)."""
-    encoder.eval()
-    _, weights = encoder(ids, mask, need_weights=True)
+    """Every layer's attention weights: ``ids [b, s] -> [layers, b, heads, s, s]`` (in eval mode, restored after)."""
+    with eval_mode(encoder):
+        _, weights = encoder(ids, mask, need_weights=True)
     return torch.stack(weights)
 
 
@@ -258,8 +258,8 @@ def pretrained_it_attention(encoder: BertEncoder, tokenizer, text: str, nouns: S
     its = word_positions(tokens, "it")
     if not its:
         raise ValueError(f"no 'it' token in {text!r}")
-    encoder.eval()
-    _, weights = encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), need_weights=True)
+    with eval_mode(encoder):
+        _, weights = encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), need_weights=True)
     att = torch.stack(weights)  # [layers, 1, heads, s, s]
     rows = att[:, 0, :, its[0], :]  # [layers, heads, s]
     to_nouns = []
@@ -269,11 +269,6 @@ def pretrained_it_attention(encoder: BertEncoder, tokenizer, text: str, nouns: S
             raise ValueError(f"{noun!r} is not a single token in {text!r}: {tokens}")
         to_nouns.append(rows[..., where[0]])
     return tokens, att, torch.stack(to_nouns)
-
-
-def sentence_words(text: str) -> list[str]:
-    """The grammar's word split (lower case): handy for typing sentences into the coref model."""
-    return split_words(text)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,7 +295,7 @@ def coref_explorer(model: ItResolver, tokenizer: SpecialWordTokenizer, sentence:
         word, p = found
         return f"The model says <b>it = {word}</b> (probability {p:.2f})."
 
-    return model_explorer(run, sentence=sentence, max_tokens=model.config.max_positions - 2,
+    return model_explorer(run, sentence=sentence, max_tokens=model.config.context_length - 2,
                           vocab=words_known, describe_fn=describe, **kw)
 
 
@@ -311,12 +306,12 @@ def pretrained_explorer(encoder: BertEncoder, tokenizer, sentence: str = "", max
     @torch.no_grad()
     def run(words: list[str]) -> tuple[list[str], Tensor]:
         batch = tokenizer([" ".join(words)], return_tensors="pt")
-        if batch["input_ids"].shape[1] > encoder.config.max_positions:
+        if batch["input_ids"].shape[1] > encoder.config.context_length:
             raise ValueError(f"{batch['input_ids'].shape[1]} WordPiece tokens; the model reads at most "
-                             f"{encoder.config.max_positions}")
-        encoder.eval()
-        _, weights = encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                             need_weights=True)
+                             f"{encoder.config.context_length}")
+        with eval_mode(encoder):
+            _, weights = encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                                 need_weights=True)
         return tokenizer.convert_ids_to_tokens(batch["input_ids"][0]), torch.stack(weights)[:, 0]
 
     return model_explorer(run, sentence=sentence, max_tokens=max_tokens, **kw)

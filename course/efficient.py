@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .utils import shape_of
+
 __all__ = [
     "naive_attention", "attention_flops", "online_softmax_stats", "online_softmax",
     "online_softmax_update", "init_online_state", "tiled_attention_keys", "flash_attention_torch",
@@ -35,23 +37,19 @@ __all__ = [
 ]
 
 
-def _shape(t: Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
     """Raise ValueError, naming the shapes, unless q [..., n_q, d], k [..., n_k, d], v [..., n_k, d_v] fit."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor) or t.ndim < 2:
-            shape = _shape(t) if isinstance(t, Tensor) else type(t).__name__
+            shape = shape_of(t) if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"{name} must be a tensor [..., seq, d], got {shape}")
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must share their last dimension: q {_shape(q)}, k {_shape(k)}")
+        raise ValueError(f"q and k must share their last dimension: q {shape_of(q)}, k {shape_of(k)}")
     if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"k and v must have the same number of keys (dim -2): k {_shape(k)}, v {_shape(v)}")
+        raise ValueError(f"k and v must have the same number of keys (dim -2): k {shape_of(k)}, v {shape_of(v)}")
     if q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
         raise ValueError(f"q, k, v must share their leading (batch, heads) dimensions: "
-                         f"q {_shape(q)}, k {_shape(k)}, v {_shape(v)}")
+                         f"q {shape_of(q)}, k {shape_of(k)}, v {shape_of(v)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,8 +154,8 @@ def online_softmax_update(m: Tensor, l: Tensor, acc: Tensor, scores_block: Tenso
     returns (m_new, l_new, acc_new), same shapes. After the last block, the output is acc / l.
     """
     if scores_block.shape[-1] != v_block.shape[-2] or acc.shape[-1] != v_block.shape[-1]:
-        raise ValueError(f"shapes do not fit: scores_block {_shape(scores_block)} [..., n_q, B], "
-                         f"v_block {_shape(v_block)} [..., B, d_v], acc {_shape(acc)} [..., n_q, d_v]")
+        raise ValueError(f"shapes do not fit: scores_block {shape_of(scores_block)} [..., n_q, B], "
+                         f"v_block {shape_of(v_block)} [..., B, d_v], acc {shape_of(acc)} [..., n_q, d_v]")
     m_new = torch.maximum(m, scores_block.amax(dim=-1, keepdim=True))
     # A row that has seen only masked scores keeps m = -inf; shift it by 0 so exp() gives 0, not NaN.
     shift = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
@@ -392,13 +390,13 @@ class KVCache:
 
     ``append(k_new, v_new)`` with ``[batch, heads, s, d_head]`` tensors adds ``s`` positions and
     returns all keys and values so far; ``len(cache)`` is the number of positions held; appending
-    past ``max_length`` raises a ValueError (a model with learned positions has no vector beyond it).
+    past ``context_length`` raises a ValueError (a model with learned positions has no vector beyond it).
     """
 
-    def __init__(self, max_length: int):
-        if int(max_length) < 1:
-            raise ValueError(f"max_length must be at least 1, got {max_length}")
-        self.max_length = int(max_length)
+    def __init__(self, context_length: int):
+        if int(context_length) < 1:
+            raise ValueError(f"context_length must be at least 1, got {context_length}")
+        self.context_length = int(context_length)
         self.k: Tensor | None = None
         self.v: Tensor | None = None
 
@@ -412,13 +410,13 @@ class KVCache:
     def append(self, k_new: Tensor, v_new: Tensor) -> tuple[Tensor, Tensor]:
         if k_new.ndim != 4 or k_new.shape != v_new.shape:
             raise ValueError(f"k_new and v_new must both be [batch, heads, s, d_head], got "
-                             f"{_shape(k_new)} and {_shape(v_new)}")
+                             f"{shape_of(k_new)} and {shape_of(v_new)}")
         if self.k is not None and (k_new.shape[:2] != self.k.shape[:2] or k_new.shape[-1] != self.k.shape[-1]):
-            raise ValueError(f"new keys {_shape(k_new)} do not fit the cache {_shape(self.k)}: "
+            raise ValueError(f"new keys {shape_of(k_new)} do not fit the cache {shape_of(self.k)}: "
                              "batch, heads and d_head must match")
-        if len(self) + k_new.shape[-2] > self.max_length:
+        if len(self) + k_new.shape[-2] > self.context_length:
             raise ValueError(f"cache full: holds {len(self)} positions, cannot add {k_new.shape[-2]} more "
-                             f"(max_length {self.max_length})")
+                             f"(context_length {self.context_length})")
         if self.k is None:
             self.k, self.v = k_new, v_new
         else:
@@ -426,7 +424,7 @@ class KVCache:
         return self.k, self.v
 
     def __repr__(self) -> str:
-        return f"KVCache(length={len(self)}, max_length={self.max_length})"
+        return f"KVCache(length={len(self)}, context_length={self.context_length})"
 
 
 @torch.no_grad()

@@ -5,6 +5,8 @@ import platform
 from dataclasses import dataclass
 from importlib import metadata
 
+from course import utils
+
 CORE_PACKAGES = ["torch", "numpy", "matplotlib", "ipywidgets", "einops", "tqdm", "jupyterlab"]
 
 # Distribution name -> what the course uses it for. None of these is needed to run a lesson.
@@ -50,14 +52,8 @@ def optional_extras() -> list[Package]:
 
 def format_table(rows: list[Package], with_purpose: bool = False) -> str:
     """A plain-text table of packages: name, version or 'not installed', and purpose."""
-    lines = []
-    for row in rows:
-        version = row.version or "not installed"
-        line = f"{row.name:<22}{version:<16}"
-        if with_purpose:
-            line += row.purpose
-        lines.append(line.rstrip())
-    return "\n".join(lines)
+    cells = [[row.name, row.version or "not installed"] + ([row.purpose] if with_purpose else []) for row in rows]
+    return utils.format_table(cells, align="<" * (3 if with_purpose else 2))
 
 
 def in_colab() -> bool:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from course.tokenizers import Tokenizer
+from course.utils import describe_exception, eval_mode, first_line, show_message
 
 __all__ = [
     "apply_temperature",
@@ -229,16 +230,12 @@ def generate(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: fl
     if idx.shape[-1] == 0:
         raise ValueError("generate got an empty prompt (0 tokens): give at least one token to start from")
     window = context_length_of(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for _ in range(max_new_tokens):
             context = idx if window is None else idx[:, -window:]
             logits = _logits_of(model, context)[:, -1, :]                      # [batch, vocab]
             nxt = sample_next(logits, temperature, top_k, top_p, generator, greedy=greedy)  # [batch]
             idx = torch.cat([idx, nxt.unsqueeze(-1).to(idx.dtype)], dim=-1)
-    finally:
-        model.train(was_training)
     return idx[0] if one_d else idx
 
 
@@ -271,8 +268,7 @@ def prompt_problem(prompt: Any, tokenizer: Any) -> str:
     try:
         ids = tokenizer.encode(prompt)
     except Exception as exc:  # any tokenizer: one line, no traceback
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        return f"the tokenizer cannot encode the prompt: {first}"
+        return f"the tokenizer cannot encode the prompt: {first_line(exc)}"
     if len(ids) == 0:
         return "the prompt gave no tokens: type something the tokenizer keeps"
     return ""
@@ -360,8 +356,7 @@ class SamplingWidget:
             self.update()
 
     def _say(self, line: str, ok: bool) -> None:
-        colour = "#2a7a2a" if ok else "#b00020"
-        self.message.value = f'<span style="color:{colour}">{html.escape(line)}</span>'
+        show_message(self.message, line, ok)
 
     def update(self) -> bool:
         """Validate the controls and generate. Returns True if text was generated."""
@@ -375,8 +370,7 @@ class SamplingWidget:
         try:
             out = generate_text(self.model, self.tokenizer, self.prompt.value, generator=generator, **kwargs)
         except Exception as exc:  # a last guard: one line, never a traceback in the widget
-            first = (str(exc).strip().splitlines() or [""])[0][:160]
-            self._say(f"generation failed: {type(exc).__name__}: {first}", ok=False)
+            self._say(f"generation failed: {describe_exception(exc)}", ok=False)
             return False
         self.last = out
         prompt = self.prompt.value

@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from course.data.tasks import IGNORE_INDEX
+from course.utils import eval_mode
+
 __all__ = ["unigram_loss", "random_windows", "fixed_windows", "lm_loss", "sequence_loss"]
 
 
@@ -70,7 +73,7 @@ def fixed_windows(data: Tensor, block: int, max_windows: int | None = None) -> t
     return x, y
 
 
-def lm_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+def lm_loss(logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Mean cross-entropy of next-token predictions.
 
     ``logits: [batch, seq, vocab]``, ``targets: [batch, seq]`` (positions equal to
@@ -85,12 +88,10 @@ def lm_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor
 @torch.no_grad()
 def sequence_loss(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 64) -> float:
     """Mean next-token cross-entropy of ``model`` over windows ``x, y [n, block]`` (eval mode, restored)."""
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for i in range(0, x.shape[0], batch_size):
-        logits = model(x[i: i + batch_size])
-        total += float(F.cross_entropy(logits.flatten(0, 1), y[i: i + batch_size].flatten(), reduction="sum"))
-        count += y[i: i + batch_size].numel()
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, x.shape[0], batch_size):
+            logits = model(x[i: i + batch_size])
+            total += float(F.cross_entropy(logits.flatten(0, 1), y[i: i + batch_size].flatten(), reduction="sum"))
+            count += y[i: i + batch_size].numel()
     return total / count

@@ -19,8 +19,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from course.data.tasks import IGNORE_INDEX
 from course.lm import lm_loss
+from course.seed import step_seed
 from course.tokenizers import SPECIAL_TOKENS, SpecialWordTokenizer
+from course.utils import eval_mode
 
 __all__ = [
     "IGNORE_INDEX", "apply_masking_rule", "mask_tokens",
@@ -28,7 +31,6 @@ __all__ = [
     "mean_pool", "cls_pool", "classification_batches", "classification_loss", "accuracy",
 ]
 
-IGNORE_INDEX = -100
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,7 +107,7 @@ def mlm_batches(texts: Sequence[str], tokenizer: SpecialWordTokenizer, batch_siz
         raise ValueError("mlm_batches needs at least one text")
 
     def next_batch(step: int) -> dict[str, Tensor]:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(step_seed(seed, step))
         rows = torch.randint(0, len(texts), (batch_size,), generator=g).tolist()
         ids, attention = tokenizer.batch([texts[r] for r in rows])
         inputs, labels = mask_tokens(ids, tokenizer.special_mask(ids), tokenizer.mask_id, tokenizer.vocab_size,
@@ -128,10 +130,8 @@ def top_predictions(model: nn.Module, tokenizer: SpecialWordTokenizer, text: str
     where = (ids[0] == tokenizer.mask_id).nonzero().flatten()
     if where.numel() == 0:
         raise ValueError("the text has no [MASK] to predict")
-    was_training = model.training
-    model.eval()
-    probs = model(ids).softmax(-1)[0]
-    model.train(was_training)
+    with eval_mode(model):
+        probs = model(ids).softmax(-1)[0]
     out = []
     for pos in where.tolist():
         p, idx = probs[pos].topk(k)
@@ -180,7 +180,7 @@ def classification_batches(texts: Sequence[str], labels: Sequence[int], tokenize
     y = torch.as_tensor(list(labels), dtype=torch.long)
 
     def next_batch(step: int) -> dict[str, Tensor]:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(step_seed(seed, step))
         rows = torch.randint(0, len(texts), (batch_size,), generator=g)
         ids, attention = tokenizer.batch([texts[r] for r in rows.tolist()])
         return {"input_ids": ids, "attention_mask": attention, "labels": y[rows]}
@@ -198,12 +198,10 @@ def classification_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 def accuracy(model: nn.Module, tokenizer: SpecialWordTokenizer, texts: Sequence[str], labels: Sequence[int],
              batch_size: int = 256) -> float:
     """Fraction of ``texts`` whose arg-max class equals the label (model in eval mode, restored after)."""
-    was_training = model.training
-    model.eval()
     right = 0
-    for start in range(0, len(texts), batch_size):
-        ids, attention = tokenizer.batch(texts[start:start + batch_size])
-        pred = model(ids, attention).argmax(-1)
-        right += int((pred == torch.as_tensor(list(labels[start:start + batch_size]))).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(texts), batch_size):
+            ids, attention = tokenizer.batch(texts[start:start + batch_size])
+            pred = model(ids, attention).argmax(-1)
+            right += int((pred == torch.as_tensor(list(labels[start:start + batch_size]))).sum())
     return right / max(1, len(texts))

@@ -96,12 +96,12 @@ def relative_offset_matrix(k: int | float, d_model: int, base: float = 10000.0,
     return torch.block_diag(*blocks).to(dtype)
 
 
-def _check_embeddings(x: Tensor, d_model: int, max_len: int, start: int, what: str) -> None:
+def _check_embeddings(x: Tensor, d_model: int, context_length: int, start: int, what: str) -> None:
     if x.dim() < 2 or x.shape[-1] != d_model:
         raise ValueError(f"{what} expects x of shape [..., seq, {d_model}], got {tuple(x.shape)}")
-    if start < 0 or start + x.shape[-2] > max_len:
-        raise ValueError(f"{what}: positions {start}..{start + x.shape[-2] - 1} do not fit max_len={max_len} "
-                         f"(x has shape {tuple(x.shape)})")
+    if start < 0 or start + x.shape[-2] > context_length:
+        raise ValueError(f"{what}: positions {start}..{start + x.shape[-2] - 1} do not fit "
+                         f"context_length={context_length} (x has shape {tuple(x.shape)})")
 
 
 class SinusoidalPositionalEncoding(nn.Module):
@@ -111,14 +111,14 @@ class SinusoidalPositionalEncoding(nn.Module):
     ``dropout(x + PE[start : start + seq])``.
     """
 
-    def __init__(self, d_model: int, max_len: int = 4096, base: float = 10000.0, dropout: float = 0.0):
+    def __init__(self, d_model: int, context_length: int = 4096, base: float = 10000.0, dropout: float = 0.0):
         super().__init__()
-        self.d_model, self.max_len = d_model, max_len
-        self.register_buffer("pe", sinusoidal_encoding(max_len, d_model, base), persistent=False)
+        self.d_model, self.context_length = d_model, context_length
+        self.register_buffer("pe", sinusoidal_encoding(context_length, d_model, base), persistent=False)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, start: int = 0) -> Tensor:
-        _check_embeddings(x, self.d_model, self.max_len, start, "SinusoidalPositionalEncoding")
+        _check_embeddings(x, self.d_model, self.context_length, start, "SinusoidalPositionalEncoding")
         return self.dropout(x + self.pe[start:start + x.shape[-2]].to(x.dtype))
 
 
@@ -126,19 +126,19 @@ class LearnedPositionalEmbedding(nn.Module):
     """A trained table of one vector per position (BERT, GPT-2), added to token embeddings.
 
     ``forward(x: [batch, seq, d_model], start=0) -> [batch, seq, d_model]``. The table
-    ``embedding.weight: [max_len, d_model]`` starts as N(0, 0.02^2); positions beyond ``max_len``
-    have no vector, which is this scheme's hard length limit.
+    ``embedding.weight: [context_length, d_model]`` starts as N(0, 0.02^2); positions beyond
+    ``context_length`` have no vector, which is this scheme's hard length limit.
     """
 
-    def __init__(self, max_len: int, d_model: int, dropout: float = 0.0, init_std: float = 0.02):
+    def __init__(self, context_length: int, d_model: int, dropout: float = 0.0, init_std: float = 0.02):
         super().__init__()
-        self.d_model, self.max_len = d_model, max_len
-        self.embedding = nn.Embedding(max_len, d_model)
+        self.d_model, self.context_length = d_model, context_length
+        self.embedding = nn.Embedding(context_length, d_model)
         nn.init.normal_(self.embedding.weight, std=init_std)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, start: int = 0) -> Tensor:
-        _check_embeddings(x, self.d_model, self.max_len, start, "LearnedPositionalEmbedding")
+        _check_embeddings(x, self.d_model, self.context_length, start, "LearnedPositionalEmbedding")
         positions = torch.arange(start, start + x.shape[-2], device=x.device)
         return self.dropout(x + self.embedding(positions).to(x.dtype))
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .bench import benchmark
+from .utils import describe_exception, format_table, shape_of
 
 __all__ = [
     "rnn_step",
@@ -38,17 +39,13 @@ __all__ = [
 ]
 
 
-def _shape(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
 def _batched(x: torch.Tensor, name: str = "x") -> tuple[torch.Tensor, bool]:
     """Return ``x`` as ``[batch, seq, d]`` and whether a batch dimension was added."""
     if x.dim() == 2:
         return x.unsqueeze(0), True
     if x.dim() == 3:
         return x, False
-    raise ValueError(f"{name} must be [batch, seq, d] or [seq, d], got shape {_shape(x)}")
+    raise ValueError(f"{name} must be [batch, seq, d] or [seq, d], got shape {shape_of(x)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,10 +59,10 @@ def rnn_step(x_t: torch.Tensor, h_prev: torch.Tensor, W_xh: torch.Tensor, W_hh: 
     ``b: [d_h]`` -> ``h_t: [batch, d_h]``.
     """
     if W_xh.dim() != 2 or W_hh.dim() != 2 or W_hh.shape[0] != W_hh.shape[1] or W_xh.shape[1] != W_hh.shape[0]:
-        raise ValueError(f"need W_xh [d_in, d_h] and W_hh [d_h, d_h]; got W_xh {_shape(W_xh)}, W_hh {_shape(W_hh)}")
+        raise ValueError(f"need W_xh [d_in, d_h] and W_hh [d_h, d_h]; got W_xh {shape_of(W_xh)}, W_hh {shape_of(W_hh)}")
     if x_t.shape[-1] != W_xh.shape[0] or h_prev.shape[-1] != W_hh.shape[0] or b.shape != (W_hh.shape[0],):
-        raise ValueError(f"shapes do not fit: x_t {_shape(x_t)}, h_prev {_shape(h_prev)}, "
-                         f"W_xh {_shape(W_xh)}, W_hh {_shape(W_hh)}, b {_shape(b)}")
+        raise ValueError(f"shapes do not fit: x_t {shape_of(x_t)}, h_prev {shape_of(h_prev)}, "
+                         f"W_xh {shape_of(W_xh)}, W_hh {shape_of(W_hh)}, b {shape_of(b)}")
     return torch.tanh(x_t @ W_xh + h_prev @ W_hh + b)
 
 
@@ -112,7 +109,7 @@ def lstm_step(x_t: torch.Tensor, h_prev: torch.Tensor, c_prev: torch.Tensor, W_x
     d_h = h_prev.shape[-1]
     if W_x.shape[-1] != 4 * d_h or W_h.shape != (d_h, 4 * d_h) or b.shape != (4 * d_h,):
         raise ValueError(f"need W_x [d_in, {4 * d_h}], W_h [{d_h}, {4 * d_h}], b [{4 * d_h}]; "
-                         f"got W_x {_shape(W_x)}, W_h {_shape(W_h)}, b {_shape(b)}")
+                         f"got W_x {shape_of(W_x)}, W_h {shape_of(W_h)}, b {shape_of(b)}")
     gates = x_t @ W_x + h_prev @ W_h + b  # [batch, 4 d_h]
     i, f, g, o = gates.chunk(4, dim=-1)
     c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
@@ -154,7 +151,7 @@ def attention_forward(x: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor, W_v
     ``softmax(Q K^T / sqrt(d_k)) V`` with ``Q = x W_q``, ``K = x W_k``, ``V = x W_v``.
     """
     if x.shape[-1] != W_q.shape[0] or W_q.shape != W_k.shape or W_v.shape[0] != x.shape[-1]:
-        raise ValueError(f"shapes do not fit: x {_shape(x)}, W_q {_shape(W_q)}, W_k {_shape(W_k)}, W_v {_shape(W_v)}")
+        raise ValueError(f"shapes do not fit: x {shape_of(x)}, W_q {shape_of(W_q)}, W_k {shape_of(W_k)}, W_v {shape_of(W_v)}")
     q, k, v = x @ W_q, x @ W_k, x @ W_v
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # [batch, seq, seq]: all pairs at once
     weights = torch.softmax(scores, dim=-1)
@@ -190,11 +187,11 @@ def gradient_reach(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) 
     to position ``t``. For an RNN it shrinks with the distance ``seq - 1 - t``; for attention it does not.
     """
     if x.dim() != 2:
-        raise ValueError(f"x must be [seq, d_in], got shape {_shape(x)}")
+        raise ValueError(f"x must be [seq, d_in], got shape {shape_of(x)}")
     x = x.detach().clone().requires_grad_(True)
     out = fn(x)
     if out.dim() != 2 or out.shape[0] != x.shape[0]:
-        raise ValueError(f"fn must map x {_shape(x)} to [seq, d_out], got {_shape(out)}")
+        raise ValueError(f"fn must map x {shape_of(x)} to [seq, d_out], got {shape_of(out)}")
     (grad,) = torch.autograd.grad(out[-1].sum(), x)
     return grad.norm(dim=-1)  # [seq]
 
@@ -270,8 +267,7 @@ def time_sequence_models(lengths: Sequence[int], d_model: int = 64, batch: int =
             try:
                 t = benchmark(lambda: fn(x), f"{name} n={n}", device=device, warmup=1, min_run_time=min_run_time)
             except (RuntimeError, NotImplementedError) as exc:
-                rows.append({"length": n, "model": name, "ms": math.nan,
-                             "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"})
+                rows.append({"length": n, "model": name, "ms": math.nan, "error": describe_exception(exc, limit=120)})
                 continue
             rows.append({"length": n, "model": name, "ms": t.median_ms})
     return rows
@@ -304,28 +300,3 @@ def time_training_step(length: int, d_model: int = 64, batch: int = 1, device: t
             times[name] = math.nan
     return times
 
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text.replace(",", ""))
-    except ValueError:
-        return False
-    return True
-
-
-def format_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
-    """A plain-text table: columns padded to their widest entry, numbers (also as text) right-aligned."""
-    cells = [[str(h) for h in header]] + [[str(c) for c in row] for row in rows]
-    if any(len(r) != len(header) for r in cells):
-        raise ValueError(f"every row needs {len(header)} entries")
-    widths = [max(len(r[j]) for r in cells) for j in range(len(header))]
-
-    numeric = [j > 0 and all(_is_number(r[j]) for r in cells[1:]) for j in range(len(header))]
-
-    def line(r, is_header=False):
-        return "  ".join(c.rjust(w) if (numeric[j] if is_header else j > 0 and _is_number(c)) else c.ljust(w)
-                         for j, (c, w) in enumerate(zip(r, widths))).rstrip()
-
-    out = [line(cells[0], is_header=True), "  ".join("-" * w for w in widths)]
-    out += [line(c) for c in cells[1:]]
-    return "\n".join(out)

@@ -18,14 +18,16 @@ import datetime as _dt
 import json
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from course import utils
 from course.bench import benchmark
 from course.efficient import attention_flops, measure_peak_bytes, naive_attention
+from course.utils import describe_exception, first_line
 
 BACKENDS = ("naive", "math", "efficient", "flash", "cudnn")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -182,11 +184,6 @@ def make_callable(entry: Entry, q, k, v) -> Callable[[], object]:
     return forward_backward
 
 
-def _first_line(text: str, limit: int = 160) -> str:
-    line = next((s.strip() for s in str(text).splitlines() if s.strip()), "")
-    return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
 def _peak_memory(fn: Callable[[], object], device: torch.device) -> tuple[float, str]:
     """Peak MB above what was allocated before one call of ``fn`` (the inputs are not counted)."""
     if device.type == "cuda":
@@ -218,8 +215,8 @@ def run_entry(entry: Entry, device: torch.device | str = "cpu", min_run_time: fl
         if oom and device.type == "cuda":
             torch.cuda.empty_cache()
         # PyTorch explains a refused kernel in warnings ("Flash attention requires ..."), then raises.
-        why = [_first_line(w.message) for w in locals().get("caught", [])]
-        reason = "; ".join(dict.fromkeys(why[:2])) or f"{type(exc).__name__}: {_first_line(exc)}"
+        why = [first_line(w.message) for w in locals().get("caught", [])]
+        reason = "; ".join(dict.fromkeys(why[:2])) or describe_exception(exc)
         return Result(entry, OUT_OF_MEMORY if oom else NOT_SUPPORTED, reason)
     ms = timing.median_ms
     return Result(entry, OK, ms=ms, tflops=entry.flops / (ms * 1e-3) / 1e12, peak_mb=peak, peak_method=method)
@@ -286,18 +283,18 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def format_table(results: Sequence[Result], only: Callable[[Result], bool] | None = None) -> str:
     """A plain-text table: one line per entry; refused entries say why."""
-    head = f"{'backend':9} {'dtype':8} {'causal':6} {'seq':>5} {'d':>4} {'mode':7} {'ms':>9} {'TFLOP/s':>8} {'speed-up':>8} {'peak MB':>9}"
-    lines = [head, "-" * len(head)]
+    rows = []
     for r in results:
         if only is not None and not only(r):
             continue
         e = r.entry
-        left = f"{e.backend:9} {e.dtype:8} {str(e.causal):6} {e.seq:>5} {e.head_dim:>4} {e.mode:7}"
+        left = [e.backend, e.dtype, str(e.causal), e.seq, e.head_dim, e.mode]
         if r.status == OK:
-            lines.append(f"{left} {r.ms:>9.3f} {r.tflops:>8.3f} {_fmt(r.speedup, '>7.2f')}x {_fmt(r.peak_mb, '>9.1f')}")
+            rows.append(left + [f"{r.ms:.3f}", f"{r.tflops:.3f}", _fmt(r.speedup, ".2f") + "x", _fmt(r.peak_mb, ".1f")])
         else:
-            lines.append(f"{left} {r.status}: {r.reason}")
-    return "\n".join(lines)
+            rows.append(left + [f"{r.status}: {r.reason}"])
+    header = ["backend", "dtype", "causal", "seq", "d", "mode", "ms", "TFLOP/s", "speed-up", "peak MB"]
+    return utils.format_table(rows, header, align="<<<>><>>>>", notes=True)
 
 
 def _series(results: Sequence[Result], dtype: str, causal: bool, head_dim: int, mode: str) -> dict[str, list]:
@@ -340,13 +337,3 @@ def plot_tables(own: Sequence[Result], reference: Sequence[Result] | None = None
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def rows_for(results: Sequence[Result], **match) -> list[Result]:
-    """The results whose entry fields equal ``match`` (e.g. ``seq=4096, dtype="bfloat16"``)."""
-    return [r for r in results if all(getattr(r.entry, k) == v for k, v in match.items())]
-
-
-def with_backend(entries: Sequence[Entry], backend: str) -> list[Entry]:
-    """The same configurations with another backend."""
-    return [replace(e, backend=backend) for e in entries]

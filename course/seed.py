@@ -22,3 +22,9 @@ def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generat
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     return torch.Generator().manual_seed(seed)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step ``step`` of a run seeded with ``seed``: each step its own stream of random
+    numbers, the same for the same ``(seed, step)`` (batch samplers: the same step gives the same batch)."""
+    return seed * 1_000_003 + step

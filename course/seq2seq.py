@@ -1,7 +1,7 @@
 """Decoding with an encoder-decoder: greedy search, beam search, exact match, cross-attention maps.
 
 All functions take a model with the :class:`course.models.EncoderDecoder` interface
-(``encode(src)``, ``decode(tgt_in, memory, src, need_weights)``, ``config`` with ``max_len``,
+(``encode(src)``, ``decode(tgt_in, memory, src, need_weights)``, ``config`` with ``context_length``,
 ``pad_id``) and source ids ``src [batch, s]`` padded with ``<pad>``; outputs are lists of token ids
 without ``<bos>`` and ``<eos>``. The model's ``<bos>`` and ``<eos>`` ids default to the course
 vocabulary's (1 and 2).
@@ -10,7 +10,7 @@ vocabulary's (1 and 2).
 * :func:`beam_search` is batched too: all examples' beams go through the decoder together, and
   :func:`beam_step` (one step for one example, a small pure function) picks each example's survivors.
 
-Bad input (beam size < 1, an empty source, a source longer than the model's ``max_len``, a source
+Bad input (beam size < 1, an empty source, a source longer than the model's ``context_length``, a source
 string with unknown characters) raises a ``ValueError`` with a one-line message.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from course.data.tasks import SEQ2SEQ_VOCAB, CharVocab, encode_sources
+from course.utils import eval_mode
 
 __all__ = ["cross_attention", "validate_source", "greedy_decode", "beam_step", "length_normalise", "beam_search",
            "sequence_log_prob", "exact_match", "cross_attention_maps", "translate"]
@@ -51,7 +52,7 @@ def cross_attention(x: Tensor, memory: Tensor, w_q: Tensor, w_k: Tensor, w_v: Te
     return weights @ v, weights
 
 
-def validate_source(model: nn.Module, src: Tensor, max_len: int | None = None) -> None:
+def validate_source(model: nn.Module, src: Tensor, max_new_tokens: int | None = None) -> None:
     """Raise a ``ValueError`` with a clear message unless ``src`` is a usable ``[batch, s]`` id tensor."""
     if not isinstance(src, Tensor):
         raise ValueError(f"src must be a tensor of token ids [batch, s], got {type(src).__name__}")
@@ -59,15 +60,15 @@ def validate_source(model: nn.Module, src: Tensor, max_len: int | None = None) -
         raise ValueError(f"src must be [batch, s] token ids, got shape {tuple(src.shape)}")
     if src.dtype not in (torch.long, torch.int32, torch.int64):
         raise ValueError(f"src must hold integer token ids, got dtype {src.dtype}")
-    limit = model.config.max_len
+    limit = model.config.context_length
     if src.shape[0] == 0 or src.shape[1] == 0 or bool((src == model.config.pad_id).all(dim=1).any()):
         raise ValueError("the source is empty: every example needs at least one token")
     if src.shape[1] > limit:
-        raise ValueError(f"the source has {src.shape[1]} tokens; the model reads at most max_len={limit}")
+        raise ValueError(f"the source has {src.shape[1]} tokens; the model reads at most context_length={limit}")
     if int(src.min()) < 0 or int(src.max()) >= model.config.vocab_size:
         raise ValueError(f"source ids must lie in [0, {model.config.vocab_size})")
-    if max_len is not None and not 1 <= int(max_len) <= limit:
-        raise ValueError(f"max_len must be between 1 and the model's max_len={limit}, got {max_len}")
+    if max_new_tokens is not None and not 1 <= int(max_new_tokens) <= limit:
+        raise ValueError(f"max_new_tokens must be between 1 and the model's context_length={limit}, got {max_new_tokens}")
 
 
 def _strip(ids: Sequence[int], eos_id: int) -> list[int]:
@@ -80,26 +81,26 @@ def _strip(ids: Sequence[int], eos_id: int) -> list[int]:
 
 
 @torch.no_grad()
-def greedy_decode(model: nn.Module, src: Tensor, max_len: int, bos_id: int = BOS_ID,
+def greedy_decode(model: nn.Module, src: Tensor, max_new_tokens: int, bos_id: int = BOS_ID,
                   eos_id: int = EOS_ID) -> list[list[int]]:
     """Batched greedy decoding: ``src [b, s]`` -> ``b`` lists of output ids (``<eos>`` and after dropped).
 
     Each step feeds ``<bos>`` + the tokens so far and appends the arg-max of the last position;
-    a row stops at ``<eos>`` or after ``max_len`` tokens.
+    a row stops at ``<eos>`` or after ``max_new_tokens`` tokens.
     """
-    validate_source(model, src, max_len)
-    model.eval()
-    memory = model.encode(src)
+    validate_source(model, src, max_new_tokens)
     out = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
     done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
-    for _ in range(max_len):
-        logits = model.decode(out, memory, src)[:, -1]          # [b, vocab]
-        nxt = logits.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-        out = torch.cat([out, nxt[:, None]], dim=1)
-        done |= nxt == eos_id
-        if bool(done.all()):
-            break
+    with eval_mode(model):
+        memory = model.encode(src)
+        for _ in range(max_new_tokens):
+            logits = model.decode(out, memory, src)[:, -1]          # [b, vocab]
+            nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            done |= nxt == eos_id
+            if bool(done.all()):
+                break
     return [_strip(row[1:].tolist(), eos_id) for row in out]
 
 
@@ -141,12 +142,12 @@ def length_normalise(scores: Tensor, lengths: Tensor, alpha: float) -> Tensor:
 
 
 @torch.no_grad()
-def beam_search(model: nn.Module, src: Tensor, beam_size: int, max_len: int, length_penalty: float = 0.0,
+def beam_search(model: nn.Module, src: Tensor, beam_size: int, max_new_tokens: int, length_penalty: float = 0.0,
                 bos_id: int = BOS_ID, eos_id: int = EOS_ID, return_scores: bool = False):
     """Beam search: ``src [b, s]`` -> ``b`` lists of output ids.
 
     Keeps the ``beam_size`` best partial outputs (by total log-probability) for each example at each
-    step, until every beam has produced ``<eos>`` or ``max_len`` tokens. The decoder runs once per step
+    step, until every beam has produced ``<eos>`` or ``max_new_tokens`` tokens. The decoder runs once per step
     on all ``b * beam_size`` beams together (a batch); the choice of survivors is :func:`beam_step`,
     called for each example. The final choice among an example's beams uses :func:`length_normalise`
     with ``alpha = length_penalty`` (the length counts the ``<eos>``). With ``return_scores=True`` also
@@ -154,26 +155,26 @@ def beam_search(model: nn.Module, src: Tensor, beam_size: int, max_len: int, len
     """
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size must be a whole number >= 1, got {beam_size!r}")
-    validate_source(model, src, max_len)
-    model.eval()
+    validate_source(model, src, max_new_tokens)
     b, device = src.shape[0], src.device
-    memory = model.encode(src)                                                  # [b, s, d]
     beams = torch.full((b, 1, 1), bos_id, dtype=torch.long, device=device)      # [b, n, 1 + steps]
     scores = torch.zeros(b, 1, device=device)                                   # [b, n] sum of log-probs
     finished = torch.zeros(b, 1, dtype=torch.bool, device=device)
     lengths = torch.zeros(b, 1, dtype=torch.long, device=device)                # tokens incl. <eos>
     rows = torch.arange(b, device=device)[:, None]
-    for _ in range(max_len):
-        n = beams.shape[1]
-        logits = model.decode(beams.flatten(0, 1), memory.repeat_interleave(n, 0), src.repeat_interleave(n, 0))
-        log_probs = torch.log_softmax(logits[:, -1].float(), -1).view(b, n, -1)  # [b, n, vocab]
-        steps = [beam_step(scores[i], log_probs[i], finished[i], beam_size, eos_id) for i in range(b)]
-        scores, parent, token = (torch.stack(t) for t in zip(*steps))         # each [b, k]
-        lengths = lengths[rows, parent] + (~finished[rows, parent]).long()
-        finished = finished[rows, parent] | (token == eos_id)
-        beams = torch.cat([beams[rows, parent], token[..., None]], dim=-1)
-        if bool(finished.all()):
-            break
+    with eval_mode(model):
+        memory = model.encode(src)                                              # [b, s, d]
+        for _ in range(max_new_tokens):
+            n = beams.shape[1]
+            logits = model.decode(beams.flatten(0, 1), memory.repeat_interleave(n, 0), src.repeat_interleave(n, 0))
+            log_probs = torch.log_softmax(logits[:, -1].float(), -1).view(b, n, -1)  # [b, n, vocab]
+            steps = [beam_step(scores[i], log_probs[i], finished[i], beam_size, eos_id) for i in range(b)]
+            scores, parent, token = (torch.stack(t) for t in zip(*steps))         # each [b, k]
+            lengths = lengths[rows, parent] + (~finished[rows, parent]).long()
+            finished = finished[rows, parent] | (token == eos_id)
+            beams = torch.cat([beams[rows, parent], token[..., None]], dim=-1)
+            if bool(finished.all()):
+                break
     ranked = length_normalise(scores, lengths.clamp(min=1), length_penalty)
     ranked = torch.where(torch.isnan(ranked), torch.full_like(ranked, float("-inf")), ranked)
     best = ranked.argmax(-1)                                                    # [b]
@@ -189,12 +190,12 @@ def sequence_log_prob(model: nn.Module, src: Tensor, outputs: Sequence[Sequence[
     validate_source(model, src)
     if len(outputs) != src.shape[0]:
         raise ValueError(f"{len(outputs)} outputs for {src.shape[0]} sources")
-    model.eval()
     totals = []
-    for row, out in zip(src, outputs):
-        ids = torch.tensor([bos_id, *out, eos_id], dtype=torch.long, device=src.device)
-        logp = torch.log_softmax(model(row[None], ids[None, :-1]).float(), -1)[0]     # [t, vocab]
-        totals.append(logp.gather(1, ids[1:, None]).sum())
+    with eval_mode(model):
+        for row, out in zip(src, outputs):
+            ids = torch.tensor([bos_id, *out, eos_id], dtype=torch.long, device=src.device)
+            logp = torch.log_softmax(model(row[None], ids[None, :-1]).float(), -1)[0]     # [t, vocab]
+            totals.append(logp.gather(1, ids[1:, None]).sum())
     return torch.stack(totals)
 
 
@@ -219,17 +220,17 @@ def cross_attention_maps(model: nn.Module, src: Tensor, tgt_in: Tensor) -> Tenso
     if not isinstance(tgt_in, Tensor) or tgt_in.dim() != 2 or tgt_in.shape[0] != src.shape[0]:
         raise ValueError(f"tgt_in must be [batch, t] with the batch of src {tuple(src.shape)}, "
                          f"got {tuple(getattr(tgt_in, 'shape', ()))}")
-    model.eval()
-    _, cross = model.decode(tgt_in, model.encode(src), src, need_weights=True)
+    with eval_mode(model):
+        _, cross = model.decode(tgt_in, model.encode(src), src, need_weights=True)
     return torch.stack(cross)
 
 
 def translate(model: nn.Module, texts: Sequence[str] | str, vocab: CharVocab = SEQ2SEQ_VOCAB,
-              beam_size: int = 1, max_len: int = 32, length_penalty: float = 0.0) -> list[str]:
+              beam_size: int = 1, max_new_tokens: int = 32, length_penalty: float = 0.0) -> list[str]:
     """Strings in, strings out: greedy (``beam_size=1``) or beam search. Bad input raises a one-line ``ValueError``."""
-    src = encode_sources(texts, vocab, max_len=model.config.max_len)
+    src = encode_sources(texts, vocab, context_length=model.config.context_length)
     if beam_size == 1:
-        ids = greedy_decode(model, src, max_len, vocab.bos_id, vocab.eos_id)
+        ids = greedy_decode(model, src, max_new_tokens, vocab.bos_id, vocab.eos_id)
     else:
-        ids = beam_search(model, src, beam_size, max_len, length_penalty, vocab.bos_id, vocab.eos_id)
+        ids = beam_search(model, src, beam_size, max_new_tokens, length_penalty, vocab.bos_id, vocab.eos_id)
     return [vocab.decode(row) for row in ids]

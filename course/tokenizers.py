@@ -220,18 +220,18 @@ class SpecialWordTokenizer:
         ids = _as_id_list(ids, self.vocab_size)
         return " ".join(self.itos[i] for i in ids if not (skip_special and i < self.num_special))
 
-    def batch(self, texts: Sequence[str], max_len: int | None = None) -> tuple[Tensor, Tensor]:
+    def batch(self, texts: Sequence[str], context_length: int | None = None) -> tuple[Tensor, Tensor]:
         """Encode and pad: -> (ids [batch, seq] long, attention_mask [batch, seq] long, 1 = real token).
 
-        ``seq`` is the longest encoding; a text longer than ``max_len`` raises a ValueError naming it.
+        ``seq`` is the longest encoding; a text longer than ``context_length`` raises a ValueError naming it.
         """
         if isinstance(texts, str) or not texts:
             raise ValueError("batch expects a non-empty list of texts")
         encoded = [self.encode(t) for t in texts]
         longest = max(len(e) for e in encoded)
-        if max_len is not None and longest > max_len:
+        if context_length is not None and longest > context_length:
             i = max(range(len(encoded)), key=lambda j: len(encoded[j]))
-            raise ValueError(f"text {i} has {longest} tokens with [CLS] and [SEP], more than max_len={max_len}")
+            raise ValueError(f"text {i} has {longest} tokens with [CLS] and [SEP], more than context_length={context_length}")
         ids = torch.full((len(encoded), longest), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(encoded), longest), dtype=torch.long)
         for row, e in enumerate(encoded):

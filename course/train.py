@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from course.progress import progress
+from course.utils import eval_mode
 
 __all__ = ["History", "train", "evaluate", "lr_at", "LiveLossPlot"]
 
@@ -57,10 +58,8 @@ def lr_at(step: int, steps: int, lr: float, warmup: int = 0, min_ratio: float = 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[nn.Module, Any], Tensor]) -> float:
     """Mean of ``loss_fn`` over ``batches`` in eval mode (the model's mode is restored after)."""
-    was_training = model.training
-    model.eval()
-    losses = [float(loss_fn(model, batch)) for batch in batches]
-    model.train(was_training)
+    with eval_mode(model):
+        losses = [float(loss_fn(model, batch)) for batch in batches]
     if not losses:
         raise ValueError("evaluate was given no batches")
     return sum(losses) / len(losses)
@@ -143,6 +142,7 @@ def train(
     ``next_batch(step)`` returns a batch (anything ``loss_fn`` accepts); ``loss_fn(model, batch)``
     returns a scalar loss. ``eval_fn(model)`` (called in eval mode every ``eval_every`` steps and
     at the end) returns a validation number, usually a loss. Pass a ``history`` to continue one.
+    The model is left in eval mode, ready to be evaluated or to generate.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -158,11 +158,8 @@ def train(
     def run_eval(step: int) -> None:
         if eval_fn is None:
             return
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             value = float(eval_fn(model))
-        model.train(was_training)
         history.eval_steps.append(step)
         history.eval_loss.append(value)
 

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .data.sentences import tokenize_words
 from .plotting import use_course_style
+from .utils import describe_exception, eval_mode, show_message
 
 __all__ = [
     "ALLOWED_PUNCTUATION",
@@ -44,13 +46,7 @@ __all__ = [
 ]
 
 ALLOWED_PUNCTUATION = ".,!?'-"
-_TOKEN = re.compile(r"[A-Za-z0-9]+(?:['-][A-Za-z0-9]+)*|[.,!?]")
 _ALLOWED_CHAR = re.compile(r"[A-Za-z0-9\s" + re.escape(ALLOWED_PUNCTUATION) + r"]")
-
-
-def tokenize_words(text: str) -> list[str]:
-    """Split a sentence into words and punctuation marks: "didn't cross." -> ["didn't", "cross", "."]."""
-    return _TOKEN.findall(text)
 
 
 def validate_sentence(text: str, max_tokens: int, vocab: Collection[str] | None = None) -> tuple[list[str], str]:
@@ -174,9 +170,7 @@ class AttentionExplorer:
         self.update(sentence)
 
     def _say(self, line: str, ok: bool) -> None:
-        import html
-        colour = "#2a7a2a" if ok else "#b00020"
-        self.message.value = f'<span style="color:{colour}">{html.escape(line)}</span>'
+        show_message(self.message, line, ok)
 
     def update(self, text: str) -> bool:
         """Validate ``text``, run attend_fn, redraw. Returns True if a heatmap was drawn."""
@@ -187,8 +181,7 @@ class AttentionExplorer:
         try:
             weights = _to_numpy(self.attend_fn(tokens))
         except Exception as exc:  # the learner's attend_fn may raise anything: one line, no traceback
-            first = (str(exc).strip().splitlines() or [""])[0][:160]
-            self._say(f"attend_fn raised {type(exc).__name__}: {first}", ok=False)
+            self._say(f"attend_fn raised {describe_exception(exc)}", ok=False)
             return False
         n = len(tokens)
         if weights.shape[-2:] != (n, n) or weights.ndim not in (2, 3):
@@ -387,14 +380,7 @@ class ModelExplorer:
 
     # -- messages -------------------------------------------------------------------------------
     def _say(self, line: str, ok: bool) -> None:
-        import html
-        colour = "#2a7a2a" if ok else "#b00020"
-        self.message.value = f'<span style="color:{colour}">{html.escape(line)}</span>'
-
-    @staticmethod
-    def _one_line(exc: Exception) -> str:
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        return f"{type(exc).__name__}: {first}"
+        show_message(self.message, line, ok)
 
     # -- the sentence ---------------------------------------------------------------------------
     def set_sentence(self, text: str) -> bool:
@@ -411,7 +397,7 @@ class ModelExplorer:
                                  f"(layers, heads, {len(tokens)}, {len(tokens)})")
             answer = self.describe_fn(words) if self.describe_fn is not None else ""
         except Exception as exc:  # one line, never a traceback; the last picture stays
-            self._say(f"The model could not run: {self._one_line(exc)}", ok=False)
+            self._say(f"The model could not run: {describe_exception(exc)}", ok=False)
             return False
         previous = self.tokens[self.token.value] if self.tokens and self.token.value != ALL_ROWS else None
         self.tokens, self.attentions = list(tokens), attentions
@@ -483,7 +469,7 @@ class ModelExplorer:
         try:
             self.image.value = self._render()
         except Exception as exc:
-            self._say(f"Could not draw: {self._one_line(exc)}", ok=False)
+            self._say(f"Could not draw: {describe_exception(exc)}", ok=False)
             return False
         plt.close("all")
         n, token = len(self.tokens), self.token.value
@@ -668,14 +654,14 @@ def gpt_attentions(model: nn.Module, idx: Tensor) -> tuple[Tensor, list[Tensor]]
     ``idx [b, s] -> (hidden [b, s, d] after the final norm, [weights [b, heads, s, s] per layer])``;
     the hidden states equal ``model.hidden_states(idx)`` (same arithmetic).
     """
-    model.eval()
-    return model.hidden_states(idx, need_weights=True)
+    with eval_mode(model):
+        return model.hidden_states(idx, need_weights=True)
 
 
 @torch.no_grad()
 def cross_attentions_for_bertviz(model: nn.Module, src: Tensor, tgt_in: Tensor, decimals: int = 3) -> tuple[Tensor, ...]:
     """The encoder-decoder's cross-attention per decoder layer, ``[b, heads, t, s]`` each, for bertviz's
     ``head_view(cross_attention=..., encoder_tokens=..., decoder_tokens=...)``."""
-    model.eval()
-    _, cross = model.decode(tgt_in, model.encode(src), src, need_weights=True)
+    with eval_mode(model):
+        _, cross = model.decode(tgt_in, model.encode(src), src, need_weights=True)
     return to_bertviz(cross, decimals)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from course.lessons import lesson_for, notebook_paths  # noqa: E402
+from course.utils import describe_exception  # noqa: E402
 from utils.notebook_run import execute  # noqa: E402
 from utils.syllabus import record_times  # noqa: E402
 
@@ -37,7 +38,7 @@ def main() -> int:
             budget = lesson_for(path).budget_s
             _, seconds = execute(path, env={"COURSE_NO_PROGRESS": "1"})
         except Exception as err:  # report and go on to the next lesson
-            print(f"{path.name:<36}{'-':>9}{'':>8}  FAILED: {type(err).__name__}: {str(err).splitlines()[0][:80] if str(err) else ''}  # TODO-MERGE")
+            print(f"{path.name:<36}{'-':>9}{'':>8}  FAILED: {describe_exception(err, 100)}")
             status = 1
             continue
         times[path.name] = seconds

@@ -19,7 +19,6 @@ from .core import CheckResult, Mistake, check_function
 __all__ = [
     "check_attention_scores",
     "check_attention",
-    "check_scaled_dot_product_attention",
     "check_masked_attention",
     "check_causal_mask",
     "check_split_heads",
@@ -122,9 +121,6 @@ def check_attention(fn, strict: bool | None = None) -> CheckResult:
     return check_function("attention", fn, lambda q, k, v: scaled_dot_product_attention(q, k, v),
                           _attention_cases(), mistakes=ATTENTION_MISTAKES,
                           output_names=("output", "weights"), strict=strict)
-
-
-check_scaled_dot_product_attention = check_attention
 
 
 # ----------------------------------------------------------------------------- masked attention
@@ -351,6 +347,3 @@ def check_multi_head_attention(fn, strict: bool | None = None) -> CheckResult:
     learner.__name__ = getattr(fn, "__name__", "fn")
     return check_function("multi_head_attention", learner if callable(fn) else fn, _mha_reference, _mha_cases(),
                           mistakes=MHA_MISTAKES, strict=strict)
-
-
-check_multi_head = check_multi_head_attention

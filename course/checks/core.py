@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from ..utils import describe_exception
+
 PASSED, FAILED, NOT_ATTEMPTED = "passed", "failed", "not attempted"
 _SYMBOL = {PASSED: "✓", FAILED: "✗", NOT_ATTEMPTED: "…"}
 
@@ -90,14 +92,6 @@ def report(result: CheckResult, strict: bool | None = None) -> CheckResult:
     if (strict_mode() if strict is None else strict) and not result.passed:
         raise ExerciseFailed(result.line)
     return result
-
-
-def _describe_exception(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    if len(first) > 160:
-        first = first[:157] + "..."
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _as_tuple(value: Any) -> tuple:
@@ -199,7 +193,7 @@ def evaluate_function(
         except NotImplementedError:
             return CheckResult(exercise, NOT_ATTEMPTED, "not attempted yet: replace `raise NotImplementedError()` with your code, then run this cell again")
         except Exception as exc:  # the learner's code may raise anything: report it in one line
-            return CheckResult(exercise, FAILED, f"your function raised {_describe_exception(exc)} (case {i + 1} of {len(cases)})")
+            return CheckResult(exercise, FAILED, f"your function raised {describe_exception(exc)} (case {i + 1} of {len(cases)})")
         if not _same_inputs(given, args):
             return CheckResult(exercise, FAILED, "your function changed its input in place; work on new tensors instead")
         problem, err = compare_outputs(got, want, output_names, atol, rtol)
@@ -302,7 +296,7 @@ def evaluate_values(exercise: str, fn: Any, reference: Callable[..., Any], cases
             return CheckResult(exercise, NOT_ATTEMPTED, "not attempted yet: replace `raise NotImplementedError()` "
                                "with your code, then run this cell again")
         except Exception as exc:  # learner code may raise anything: one line
-            return CheckResult(exercise, FAILED, f"your function raised {_describe(exc)} "
+            return CheckResult(exercise, FAILED, f"your function raised {describe_exception(exc)} "
                                f"(case {i + 1} of {len(cases)}: {_show_args(args)})")
         if given != args:
             return CheckResult(exercise, FAILED, "your function changed its input in place; build a new list instead")
@@ -319,12 +313,6 @@ def evaluate_values(exercise: str, fn: Any, reference: Callable[..., Any], cases
             difference = f"{hint}. {difference[0].upper()}{difference[1:]}"
         return CheckResult(exercise, FAILED, f"{difference} ({where}).")
     return CheckResult(exercise, PASSED, f"correct on {len(cases)} case(s).")
-
-
-def _describe(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    first = lines[0][:160] if lines else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _diagnose_values(seen: list[tuple[tuple, Any]], mistakes: Sequence[Mistake], want_like: Any) -> str | None:

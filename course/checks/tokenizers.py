@@ -13,6 +13,7 @@ from course.tokenizers import get_pair_counts, merge, one_hot_embedding
 
 from .core import CheckResult, Mistake, check_values, evaluate_function, report, with_exception_hints
 
+
 # ----------------------------------------------------------------------------------------------
 # Exercise: get_pair_counts(ids) -> {(a, b): count}
 # ----------------------------------------------------------------------------------------------

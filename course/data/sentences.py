@@ -12,7 +12,7 @@ Everything here is generated, offline and deterministic (``random.Random(seed)``
   (0 = the animal, 1 = the place). ``split="test"`` holds (referent noun, adjective) combinations that
   ``split="train"`` never uses, while every noun and adjective still appears in both.
 
-Words are lower-case and split like :func:`course.viz.tokenize_words` ("didn't" stays one word).
+Words are lower-case and split by :func:`tokenize_words` ("didn't" stays one word).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ANIMALS", "PLACES", "ANIMAL_ADJECTIVES", "PLACE_ADJECTIVES", "ANIMAL_LABEL", "PLACE_LABEL", "LABEL_NAMES",
-    "ItSentence", "split_words", "it_sentences", "is_test_combo", "story_sentences", "stories",
+    "ItSentence", "tokenize_words", "split_words", "it_sentences", "is_test_combo", "story_sentences", "stories",
     "sentence_corpus", "grammar_vocabulary",
 ]
 
@@ -48,12 +48,21 @@ _NEGATED_VERBS = ("didn't cross", "did not cross", "wouldn't cross", "couldn't c
 _MOTION = ("walked to", "ran to", "went to", "looked at", "stopped near", "slept by", "waited at", "played near")
 _FEELINGS = ("happy", "calm", "quiet", "cold", "warm", "curious")
 _TIMES = ("every morning", "one day", "at night", "in the evening", "after lunch", "in winter")
-_TOKEN = re.compile(r"[A-Za-z0-9]+(?:['-][A-Za-z0-9]+)*|[.,!?]")  # the same rule as course.viz.tokenize_words
+_TOKEN = re.compile(r"[A-Za-z0-9]+(?:['-][A-Za-z0-9]+)*|[.,!?]")
+
+
+def tokenize_words(text: str) -> list[str]:
+    """Split a sentence into words and punctuation marks: "didn't cross." -> ["didn't", "cross", "."].
+
+    The one word rule of the grammar, of the attention explorers (:mod:`course.viz`) and of the word
+    tokenizer of lessons 07 and 10.
+    """
+    return _TOKEN.findall(text)
 
 
 def split_words(text: str) -> list[str]:
     """Lower-cased words and punctuation: ``"The dog didn't cross."`` -> ``['the', 'dog', "didn't", 'cross', '.']``."""
-    return [w.lower() for w in _TOKEN.findall(text)]
+    return [w.lower() for w in tokenize_words(text)]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from course.seed import step_seed
+
 __all__ = [
     "PAD", "BOS", "EOS", "IGNORE_INDEX", "CharVocab", "SEQ2SEQ_VOCAB", "Seq2SeqTask", "TASKS", "get_task",
     "reverse_target", "date_target", "number_to_words", "addition_target", "task_split", "Seq2SeqBatch",
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
-IGNORE_INDEX = -100  # label value that the loss skips (padding); the default of F.cross_entropy
+IGNORE_INDEX = -100  # label value that the loss skips (padding, unmasked tokens); the default of F.cross_entropy
 
 # ------------------------------------------------------------------------------------ vocabulary
 
@@ -271,8 +273,9 @@ def _pad(rows: list[list[int]], value: int) -> Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-def encode_sources(texts: Sequence[str], vocab: CharVocab = SEQ2SEQ_VOCAB, max_len: int | None = None) -> Tensor:
-    """Source strings -> ``[b, s]`` ids padded with ``<pad>``; empty, too long or unknown text is a ``ValueError``."""
+def encode_sources(texts: Sequence[str], vocab: CharVocab = SEQ2SEQ_VOCAB, context_length: int | None = None) -> Tensor:
+    """Source strings -> ``[b, s]`` ids padded with ``<pad>``; empty text, unknown characters or a text
+    longer than ``context_length`` (the model's) is a ``ValueError``."""
     if isinstance(texts, str):
         texts = [texts]
     if len(texts) == 0:
@@ -282,8 +285,8 @@ def encode_sources(texts: Sequence[str], vocab: CharVocab = SEQ2SEQ_VOCAB, max_l
         vocab.validate(text, "source")
         if len(text) == 0:
             raise ValueError("the source is empty: type at least one character")
-        if max_len is not None and len(text) > max_len:
-            raise ValueError(f"the source {text[:40]!r} has {len(text)} characters; at most {max_len} fit")
+        if context_length is not None and len(text) > context_length:
+            raise ValueError(f"the source {text[:40]!r} has {len(text)} characters; at most {context_length} fit")
         rows.append(vocab.encode(text))
     return _pad(rows, vocab.pad_id)
 
@@ -311,7 +314,7 @@ def batch_sampler(pairs: Sequence[tuple[str, str]], batch_size: int, vocab: Char
     pairs = list(pairs)
 
     def next_batch(step: int) -> Seq2SeqBatch:
-        rng = random.Random(seed * 1_000_003 + step)
+        rng = random.Random(step_seed(seed, step))
         return make_batch([pairs[rng.randrange(len(pairs))] for _ in range(batch_size)], vocab)
 
     return next_batch

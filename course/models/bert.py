@@ -27,7 +27,7 @@ class BertConfig:
     """Sizes of a :class:`BertEncoder`. ``d_ff`` defaults to ``4 * d_model``."""
 
     vocab_size: int
-    max_positions: int = 128
+    context_length: int = 128
     d_model: int = 128
     num_heads: int = 4
     num_layers: int = 4
@@ -45,7 +45,7 @@ class BertConfig:
         """The configuration matching a ``transformers.BertConfig``."""
         if getattr(hf_config, "hidden_act", "gelu") != "gelu":
             raise ValueError(f"only the exact GELU is supported, the checkpoint uses {hf_config.hidden_act!r}")
-        return cls(vocab_size=hf_config.vocab_size, max_positions=hf_config.max_position_embeddings,
+        return cls(vocab_size=hf_config.vocab_size, context_length=hf_config.max_position_embeddings,
                    d_model=hf_config.hidden_size, num_heads=hf_config.num_attention_heads,
                    num_layers=hf_config.num_hidden_layers, d_ff=hf_config.intermediate_size,
                    type_vocab_size=hf_config.type_vocab_size, eps=hf_config.layer_norm_eps,
@@ -63,8 +63,8 @@ class BertEncoder(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = c = config
-        self.word_embedding = nn.Embedding(c.vocab_size, c.d_model)
-        self.position_embedding = nn.Embedding(c.max_positions, c.d_model)
+        self.token_embedding = nn.Embedding(c.vocab_size, c.d_model)
+        self.position_embedding = nn.Embedding(c.context_length, c.d_model)
         self.segment_embedding = nn.Embedding(c.type_vocab_size, c.d_model)
         self.embedding_norm = LayerNorm(c.d_model, c.eps)
         self.dropout = nn.Dropout(c.dropout)
@@ -78,9 +78,9 @@ class BertEncoder(nn.Module):
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
             shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
             raise ValueError(f"BertEncoder expects token ids of shape [batch, seq], got {shape}")
-        if input_ids.shape[1] > self.config.max_positions:
+        if input_ids.shape[1] > self.config.context_length:
             raise ValueError(f"sequence of {input_ids.shape[1]} tokens is longer than the model's "
-                             f"{self.config.max_positions} positions")
+                             f"{self.config.context_length} positions")
         if int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got "
                              f"{int(input_ids.min())}..{int(input_ids.max())}")
@@ -94,7 +94,7 @@ class BertEncoder(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.word_embedding(input_ids) + self.position_embedding(positions) + self.segment_embedding(token_type_ids)
+        x = self.token_embedding(input_ids) + self.position_embedding(positions) + self.segment_embedding(token_type_ids)
         x = self.dropout(self.embedding_norm(x))
         keys = attention_mask.bool()[:, None, None, :]  # [batch, 1, 1, seq]: padding is never attended to
         if not need_weights:
@@ -127,7 +127,7 @@ def _init_bert(module: nn.Module) -> None:
 def bert_plan(config: BertConfig, prefix: str = "") -> list[Step]:
     """How each of our encoder's parameters comes from a Hugging Face BERT checkpoint."""
     e = "embeddings"
-    plan = [Step(f"{prefix}word_embedding.weight", f"{e}.word_embeddings.weight"),
+    plan = [Step(f"{prefix}token_embedding.weight", f"{e}.word_embeddings.weight"),
             Step(f"{prefix}position_embedding.weight", f"{e}.position_embeddings.weight"),
             Step(f"{prefix}segment_embedding.weight", f"{e}.token_type_embeddings.weight"),
             Step(f"{prefix}embedding_norm.weight", f"{e}.LayerNorm.weight"),
@@ -146,7 +146,7 @@ def bert_plan(config: BertConfig, prefix: str = "") -> list[Step]:
 class BertForMaskedLM(nn.Module):
     """Encoder plus BERT's masked-language-model head: ``forward(ids, ...) -> logits [b, s, vocab]``.
 
-    The head is dense -> GELU -> LayerNorm -> a decoder tied to the word embeddings, plus a bias.
+    The head is dense -> GELU -> LayerNorm -> a decoder tied to the token embeddings, plus a bias.
     """
 
     def __init__(self, config: BertConfig):
@@ -162,7 +162,7 @@ class BertForMaskedLM(nn.Module):
                 token_type_ids: Tensor | None = None) -> Tensor:
         h = self.encoder(input_ids, attention_mask, token_type_ids)
         h = self.transform_norm(F.gelu(self.transform(h)))
-        return h @ self.encoder.word_embedding.weight.t() + self.decoder_bias
+        return h @ self.encoder.token_embedding.weight.t() + self.decoder_bias
 
     def load_bert_state_dict(self, state: Mapping[str, Tensor]) -> "BertForMaskedLM":
         """Load Hugging Face ``BertForMaskedLM`` weights."""

@@ -30,7 +30,7 @@ class EncoderDecoderConfig:
     """Sizes of an :class:`EncoderDecoder`; one vocabulary is shared by source and target."""
 
     vocab_size: int
-    max_len: int = 64
+    context_length: int = 64
     d_model: int = 128
     num_heads: int = 4
     num_encoder_layers: int = 2
@@ -52,8 +52,8 @@ class EncoderDecoder(nn.Module):
     def __init__(self, config: EncoderDecoderConfig):
         super().__init__()
         self.config = c = config
-        self.embedding = nn.Embedding(c.vocab_size, c.d_model, padding_idx=c.pad_id)
-        self.register_buffer("positions", sinusoidal_encoding(c.max_len, c.d_model), persistent=False)
+        self.token_embedding = nn.Embedding(c.vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.register_buffer("positions", sinusoidal_encoding(c.context_length, c.d_model), persistent=False)
         self.dropout = nn.Dropout(c.dropout)
         block = dict(norm_first=c.norm_first, activation=c.activation, dropout=c.dropout)
         self.encoder_blocks = nn.ModuleList(TransformerBlock(c.d_model, c.num_heads, c.d_ff, **block)
@@ -68,18 +68,19 @@ class EncoderDecoder(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
         with torch.no_grad():
-            self.embedding.weight[c.pad_id].zero_()  # xavier_uniform_ overwrote the padding row
+            self.token_embedding.weight[c.pad_id].zero_()  # xavier_uniform_ overwrote the padding row
         if c.tie_weights:
-            self.output.weight = self.embedding.weight
+            self.output.weight = self.token_embedding.weight
 
     def _embed(self, ids: Tensor, what: str) -> Tensor:
         if ids.dim() != 2:
             raise ValueError(f"{what} ids must be [batch, seq], got shape {tuple(ids.shape)}")
-        if ids.shape[1] > self.config.max_len:
-            raise ValueError(f"{what} of {ids.shape[1]} tokens is longer than max_len={self.config.max_len}")
+        if ids.shape[1] > self.config.context_length:
+            raise ValueError(f"{what} of {ids.shape[1]} tokens is longer than "
+                             f"context_length={self.config.context_length}")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
             raise ValueError(f"{what} ids must lie in [0, {self.config.vocab_size})")
-        x = self.embedding(ids) * math.sqrt(self.config.d_model) + self.positions[: ids.shape[1]]
+        x = self.token_embedding(ids) * math.sqrt(self.config.d_model) + self.positions[: ids.shape[1]]
         return self.dropout(x)
 
     def source_mask(self, src: Tensor) -> Tensor:

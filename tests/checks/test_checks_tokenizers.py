@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 import torch.nn.functional as F
 
 from checker_assertions import assert_fails_with

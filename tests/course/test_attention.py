@@ -153,16 +153,16 @@ def test_causal_mask_matches_torch_generate_square_subsequent_mask():
 
 
 def test_padding_mask_from_lengths_and_from_pad_tensor_agree():
-    from_lengths = padding_mask([3, 1], max_len=4)
+    from_lengths = padding_mask([3, 1], seq_len=4)
     pad = torch.tensor([[False, False, False, True], [False, True, True, True]])
     assert from_lengths.shape == (2, 1, 1, 4)
     assert torch.equal(from_lengths, padding_mask(pad))
     assert from_lengths[:, 0, 0].tolist() == [[True, True, True, False], [True, False, False, False]]
 
 
-def test_padding_mask_rejects_length_longer_than_max_len():
-    with pytest.raises(ValueError, match="max_len=3"):
-        padding_mask([5, 2], max_len=3)
+def test_padding_mask_rejects_length_longer_than_seq_len():
+    with pytest.raises(ValueError, match="seq_len=3"):
+        padding_mask([5, 2], seq_len=3)
 
 
 def test_to_torch_mha_mask_inverts_the_convention():
@@ -170,7 +170,7 @@ def test_to_torch_mha_mask_inverts_the_convention():
 
 
 def test_to_torch_key_padding_mask_squeezes_and_inverts():
-    kpm = to_torch_key_padding_mask(padding_mask([2, 3], max_len=3))
+    kpm = to_torch_key_padding_mask(padding_mask([2, 3], seq_len=3))
     assert kpm.tolist() == [[False, False, True], [False, False, False]]
     with pytest.raises(ValueError, match=r"\(2, 3, 3\)"):
         to_torch_key_padding_mask(torch.ones(2, 3, 3, dtype=torch.bool))

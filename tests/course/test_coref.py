@@ -28,7 +28,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def small_model(tokenizer):
     seed_everything(0)
-    return ItResolver(BertConfig(vocab_size=tokenizer.vocab_size, max_positions=24, d_model=32, num_heads=2,
+    return ItResolver(BertConfig(vocab_size=tokenizer.vocab_size, context_length=24, d_model=32, num_heads=2,
                                  num_layers=2)).eval()
 
 
@@ -49,10 +49,23 @@ def test_coref_batches_are_deterministic_per_step(tokenizer):
     assert torch.equal(nb(5).ids, nb(5).ids) and not torch.equal(nb(5).ids, nb(6).ids)
 
 
+def test_measuring_leaves_the_model_in_the_mode_it_was_in(tokenizer):
+    from course.coref import resolve_it
+
+    seed_everything(0)
+    model = ItResolver(BertConfig(vocab_size=tokenizer.vocab_size, context_length=24, d_model=32, num_heads=2,
+                                  num_layers=1, dropout=0.1)).train()
+    sentences = it_sentences(4, seed=0)
+    coref_accuracy(model, tokenizer, sentences)
+    resolve_it(model, tokenizer, "the fox didn't cross the road because it was tired .".split())
+    it_attention_accuracy(model, tokenizer, sentences)
+    assert all(m.training for m in model.modules())
+
+
 def test_resolver_learns_the_task_on_held_out_pairs(tokenizer):
     """A short training run: well above chance (0.5 for picking one of the two nouns) on held-out pairs."""
     seed_everything(0)
-    model = ItResolver(BertConfig(vocab_size=tokenizer.vocab_size, max_positions=24, d_model=64, num_heads=4,
+    model = ItResolver(BertConfig(vocab_size=tokenizer.vocab_size, context_length=24, d_model=64, num_heads=4,
                                   num_layers=2))
     train(model, coref_batches(it_sentences(2000, 0, "train"), tokenizer, 64), coref_loss, steps=150, lr=3e-3,
           warmup=20, desc="test")

@@ -9,7 +9,7 @@ import torch
 from course.bench import Timing, benchmark
 from course.device import available_devices, describe_device, pick_device
 from course.env import format_table, installed_version, optional_extras, versions
-from course.seed import seed_everything
+from course.seed import seed_everything, step_seed
 
 
 def test_pick_device_falls_back_to_the_cpu_and_honours_an_override(monkeypatch):
@@ -39,6 +39,11 @@ def test_seed_everything_makes_draws_repeat():
     b = (torch.rand(3), torch.randn(2))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert torch.equal(torch.rand(2, generator=gen), torch.rand(2, generator=seed_everything(123)))
+
+
+def test_step_seed_differs_by_step_and_by_seed_and_repeats():
+    assert step_seed(0, 5) == step_seed(0, 5)
+    assert len({step_seed(seed, step) for seed in range(3) for step in range(100)}) == 300
 
 
 def test_benchmark_reports_a_median_close_to_a_known_sleep():

@@ -78,7 +78,7 @@ def test_encode_sources_rejects_empty_too_long_and_unknown_text():
     with pytest.raises(ValueError, match="empty"):
         encode_sources([""])
     with pytest.raises(ValueError, match="at most 5"):
-        encode_sources(["abcdefg"], max_len=5)
+        encode_sources(["abcdefg"], context_length=5)
     with pytest.raises(ValueError, match="does not know"):
         encode_sources(["12?"])
     assert encode_sources(["ab", "abcd"]).tolist() == [[13, 14, 0, 0], [13, 14, 15, 16]]

@@ -169,7 +169,7 @@ def test_sparse_masks_in_torch_sdpa_match_our_masked_attention():
 
 
 def test_kv_cache_appends_along_the_sequence_and_reports_errors():
-    cache = ef.KVCache(max_length=5)
+    cache = ef.KVCache(context_length=5)
     k1 = torch.randn(2, 3, 2, 4)
     keys, values = cache.append(k1, k1 + 1)
     assert len(cache) == 2 and keys.shape == (2, 3, 2, 4)
@@ -180,7 +180,7 @@ def test_kv_cache_appends_along_the_sequence_and_reports_errors():
         cache.append(torch.randn(2, 3, 3, 4), torch.randn(2, 3, 3, 4))
     with pytest.raises(ValueError, match="do not fit the cache"):
         cache.append(torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4))
-    with pytest.raises(ValueError, match="max_length"):
+    with pytest.raises(ValueError, match="context_length"):
         ef.KVCache(0)
 
 

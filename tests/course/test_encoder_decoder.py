@@ -24,7 +24,7 @@ D, HEADS, FF = 32, 4, 64
 
 def _pair(norm_first: bool, layers=(2, 2)):
     seed_everything(0)
-    cfg = EncoderDecoderConfig(vocab_size=20, max_len=16, d_model=D, num_heads=HEADS, d_ff=FF, norm_first=norm_first,
+    cfg = EncoderDecoderConfig(vocab_size=20, context_length=16, d_model=D, num_heads=HEADS, d_ff=FF, norm_first=norm_first,
                                num_encoder_layers=layers[0], num_decoder_layers=layers[1])
     ours = EncoderDecoder(cfg).eval()
     with warnings.catch_warnings():
@@ -66,7 +66,7 @@ def test_whole_model_equals_embeddings_then_torch_transformer_then_output_layer(
     tgt_in = torch.tensor([[1, 4, 5, 6], [1, 7, 8, 0]])
 
     def embed(ids):
-        return ours.embedding(ids) * math.sqrt(D) + ours.positions[: ids.shape[1]]
+        return ours.token_embedding(ids) * math.sqrt(D) + ours.positions[: ids.shape[1]]
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -118,13 +118,13 @@ def test_decode_returns_cross_attention_per_layer_with_rows_summing_to_one():
 
 def test_padding_embedding_row_is_zero_and_output_is_tied():
     ours, _ = _pair(True)
-    assert float(ours.embedding.weight.detach()[0].abs().max()) == 0.0
-    assert ours.output.weight is ours.embedding.weight
+    assert float(ours.token_embedding.weight.detach()[0].abs().max()) == 0.0
+    assert ours.output.weight is ours.token_embedding.weight
 
 
 def test_bad_inputs_and_mismatched_weights_give_clear_messages():
     ours, theirs = _pair(True)
-    with pytest.raises(ValueError, match="longer than max_len=16"):
+    with pytest.raises(ValueError, match="longer than context_length=16"):
         ours(torch.ones(1, 17, dtype=torch.long), torch.ones(1, 2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"must lie in \[0, 20\)"):
         ours(torch.tensor([[25]]), torch.tensor([[1]]))
@@ -136,7 +136,7 @@ def test_bad_inputs_and_mismatched_weights_give_clear_messages():
         ours.encoder_stack(torch.randn(2, 3, 8))
     with pytest.raises(ValueError, match="norm_first differs"):
         load_from_torch_transformer(_pair(False)[0], theirs)
-    narrow = EncoderDecoder(EncoderDecoderConfig(vocab_size=20, max_len=16, d_model=D, num_heads=HEADS, d_ff=FF // 2))
+    narrow = EncoderDecoder(EncoderDecoderConfig(vocab_size=20, context_length=16, d_model=D, num_heads=HEADS, d_ff=FF // 2))
     with pytest.raises(WeightMismatchError, match=r"^encoder_blocks\.0\.ffn\.linear1\.weight: the model's shape is "
                                                   r"\(32, 32\), but the checkpoint's encoder\.layers\.0\.linear1\.weight "
                                                   r"gives \(64, 32\)$"):

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from hf_support import quietly
+from hf_support import logits_gap, quietly
 
 from course.generate import generate
 from course.lm import fixed_windows, lm_loss, random_windows, sequence_loss, unigram_loss
@@ -104,8 +104,7 @@ def reloaded_gpt2(tmp_path_factory):
 def test_gpt_saved_in_gpt2_format_reloads_and_matches_hf_logits(reloaded_gpt2):
     ours = GPT.from_hf_gpt2(reloaded_gpt2)
     idx = torch.randint(0, 61, (3, 24), generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        diff = (ours(idx) - reloaded_gpt2(idx).logits).abs().max().item()
+    diff = logits_gap(ours, reloaded_gpt2, idx)
     assert diff < TOL, diff
 
 

@@ -107,7 +107,7 @@ def test_mlm_batches_are_deterministic_and_the_loss_only_counts_chosen_tokens(to
     nb = mlm_batches(texts, tok, batch_size=8, seed=1)
     a, b = nb(3), nb(3)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    model = BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, max_positions=32, d_model=32, num_heads=2, num_layers=1))
+    model = BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, context_length=32, d_model=32, num_heads=2, num_layers=1))
     loss = mlm_loss(model, a)
     logits = model(a["input_ids"], a["attention_mask"])
     chosen = a["labels"] != IGNORE_INDEX
@@ -120,7 +120,7 @@ def test_mlm_batches_are_deterministic_and_the_loss_only_counts_chosen_tokens(to
 
 
 def test_classifier_plumbing(tok):
-    model = BertClassifier(BertConfig(vocab_size=tok.vocab_size, max_positions=32, d_model=32, num_heads=2, num_layers=1), 2)
+    model = BertClassifier(BertConfig(vocab_size=tok.vocab_size, context_length=32, d_model=32, num_heads=2, num_layers=1), 2)
     nb = classification_batches(["the fox .", "the road was icy ."], [0, 1], tok, batch_size=4)
     batch = nb(0)
     assert batch["labels"].shape == (4,) and batch["input_ids"].shape[0] == 4

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_support import quietly
+from hf_support import logits_gap, quietly
 
 from course.models import GPT, BertConfig, BertEncoder, BertForMaskedLM, GPTConfig, WeightMismatchError
 
@@ -34,8 +34,7 @@ def hf_bert_mlm():
 def test_gpt_matches_hf_gpt2_logits(hf_gpt2):
     ours = GPT.from_hf_gpt2(hf_gpt2)
     idx = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        diff = (ours(idx) - hf_gpt2(idx).logits).abs().max().item()
+    diff = logits_gap(ours, hf_gpt2, idx)
     assert diff < TOL, diff
 
 
@@ -91,8 +90,7 @@ def test_bert_mlm_head_matches_hf_logits(hf_bert_mlm):
     ours = BertForMaskedLM(BertConfig.from_hf(hf_bert_mlm.config))
     ours.load_bert_state_dict(hf_bert_mlm.state_dict()).eval()
     ids = torch.randint(1, 101, (3, 9), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        diff = (ours(ids) - hf_bert_mlm(input_ids=ids).logits).abs().max().item()
+    diff = logits_gap(ours, hf_bert_mlm, ids)
     assert diff < TOL, diff
 
 

@@ -81,19 +81,19 @@ def test_offset_matrix_is_block_diagonal_orthogonal_and_composes():
 
 
 def test_sinusoidal_module_adds_the_encoding_and_names_bad_shapes():
-    module = SinusoidalPositionalEncoding(8, max_len=20)
+    module = SinusoidalPositionalEncoding(8, context_length=20)
     x = torch.randn(2, 5, 8)
     torch.testing.assert_close(module(x), x + sinusoidal_encoding(5, 8), atol=1e-6, rtol=0)
     torch.testing.assert_close(module(x, start=3), x + sinusoidal_encoding(8, 8)[3:], atol=1e-6, rtol=0)
     assert len(list(module.parameters())) == 0 and "pe" not in module.state_dict()
     with pytest.raises(ValueError, match=r"\[\.\.\., seq, 8\], got \(2, 5, 6\)"):
         module(torch.randn(2, 5, 6))
-    with pytest.raises(ValueError, match="max_len=20"):
+    with pytest.raises(ValueError, match="context_length=20"):
         module(torch.randn(1, 21, 8))
 
 
 def test_learned_embedding_adds_one_trained_vector_per_position():
-    module = LearnedPositionalEmbedding(max_len=10, d_model=4)
+    module = LearnedPositionalEmbedding(context_length=10, d_model=4)
     assert sum(p.numel() for p in module.parameters()) == 40
     x = torch.zeros(3, 6, 4)
     out = module(x)
@@ -101,7 +101,7 @@ def test_learned_embedding_adds_one_trained_vector_per_position():
     torch.testing.assert_close(module(x, start=4)[0], module.embedding.weight[4:10], atol=0, rtol=0)
     out.sum().backward()
     assert module.embedding.weight.grad[:6].abs().sum() > 0 and module.embedding.weight.grad[6:].abs().sum() == 0
-    with pytest.raises(ValueError, match="positions 0..10 do not fit max_len=10"):
+    with pytest.raises(ValueError, match="positions 0..10 do not fit context_length=10"):
         module(torch.zeros(1, 11, 4))
 
 

@@ -80,7 +80,7 @@ def test_mismatched_weights_name_the_first_parameter_that_does_not_fit(minilm):
     state = minilm.hf.state_dict()
     wider = BertConfig.from_hf(minilm.hf.config)
     wider.d_model, wider.d_ff, wider.num_heads = 512, 2048, 8
-    with pytest.raises(WeightMismatchError, match=r"word_embedding\.weight: the model's shape is \(30522, 512\).*\(30522, 384\)"):
+    with pytest.raises(WeightMismatchError, match=r"token_embedding\.weight: the model's shape is \(30522, 512\).*\(30522, 384\)"):
         BertEncoder(wider).load_bert_state_dict(state)
     deeper = BertConfig.from_hf(minilm.hf.config)
     deeper.num_layers = 7

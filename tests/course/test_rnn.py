@@ -10,7 +10,6 @@ from torch import nn
 
 from course.rnn import (
     attention_forward,
-    format_table,
     gradient_reach,
     lstm_forward,
     lstm_weights_from_torch,
@@ -154,13 +153,6 @@ def test_timing_returns_one_row_per_length_and_model():
 def test_training_step_timing_covers_the_three_models():
     times = time_training_step(8, d_model=8, min_run_time=0.01)
     assert len(times) == 3 and all(ms > 0 for ms in times.values())
-
-
-def test_format_table_pads_columns_and_right_aligns_numbers():
-    table = format_table([["rnn", 12], ["attention", 1]], header=["model", "steps"])
-    assert table.splitlines() == ["model      steps", "---------  -----", "rnn           12", "attention      1"]
-    with pytest.raises(ValueError):
-        format_table([["a"]], header=["x", "y"])
 
 
 def test_a_model_the_device_cannot_run_is_reported_not_raised(monkeypatch):

@@ -26,7 +26,7 @@ from course.seq2seq import (
 @pytest.fixture(scope="module")
 def model():
     seed_everything(0)
-    cfg = EncoderDecoderConfig(vocab_size=len(SEQ2SEQ_VOCAB), max_len=20, d_model=32, num_heads=4, d_ff=64)
+    cfg = EncoderDecoderConfig(vocab_size=len(SEQ2SEQ_VOCAB), context_length=20, d_model=32, num_heads=4, d_ff=64)
     return EncoderDecoder(cfg).eval()
 
 
@@ -42,7 +42,7 @@ class TableModel(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.config = SimpleNamespace(max_len=8, pad_id=0, vocab_size=5)
+        self.config = SimpleNamespace(context_length=8, pad_id=0, vocab_size=5)
 
     def encode(self, src):
         return torch.zeros(src.shape[0], src.shape[1], 4)
@@ -66,7 +66,7 @@ class TableModel(nn.Module):
 def test_beam_search_finds_a_higher_scoring_sequence_than_greedy_on_a_constructed_case():
     m, src = TableModel(), torch.tensor([[3, 4]])
     assert greedy_decode(m, src, 5) == [[3]]
-    outputs, scores = beam_search(m, src, beam_size=2, max_len=5, return_scores=True)
+    outputs, scores = beam_search(m, src, beam_size=2, max_new_tokens=5, return_scores=True)
     assert outputs == [[4]]
     assert scores[0] == pytest.approx(math.log(0.36), abs=1e-5)
     greedy_score, beam_score = sequence_log_prob(m, src, [[3]]), sequence_log_prob(m, src, outputs)
@@ -76,13 +76,13 @@ def test_beam_search_finds_a_higher_scoring_sequence_than_greedy_on_a_constructe
 
 def test_beam_search_with_one_beam_equals_greedy(model):
     src = encode_sources(["2024-03-07", "417", "37+48", "hello world"])
-    assert beam_search(model, src, beam_size=1, max_len=12) == greedy_decode(model, src, 12)
+    assert beam_search(model, src, beam_size=1, max_new_tokens=12) == greedy_decode(model, src, 12)
 
 
 def test_beam_search_returns_its_score_and_never_scores_below_greedy(model):
     src = encode_sources(["2024-03-07", "417"])
     greedy = greedy_decode(model, src, 6)
-    outputs, scores = beam_search(model, src, beam_size=4, max_len=6, return_scores=True)
+    outputs, scores = beam_search(model, src, beam_size=4, max_new_tokens=6, return_scores=True)
     for i in range(2):
         if len(greedy[i]) < 6 and len(outputs[i]) < 6:  # both finished with <eos>: comparable totals
             assert scores[i] >= float(sequence_log_prob(model, src[i: i + 1], [greedy[i]])) - 1e-5
@@ -131,8 +131,8 @@ def test_cross_attention_maps_have_one_row_per_output_token_summing_to_one(model
 @pytest.mark.parametrize("call, words", [
     (lambda m: beam_search(m, encode_sources(["417"]), 0, 5), "beam_size must be a whole number >= 1"),
     (lambda m: greedy_decode(m, torch.zeros(1, 3, dtype=torch.long), 5), "the source is empty"),
-    (lambda m: greedy_decode(m, torch.ones(1, 21, dtype=torch.long), 5), "at most max_len=20"),
-    (lambda m: greedy_decode(m, encode_sources(["417"]), 0), "max_len must be between 1"),
+    (lambda m: greedy_decode(m, torch.ones(1, 21, dtype=torch.long), 5), "at most context_length=20"),
+    (lambda m: greedy_decode(m, encode_sources(["417"]), 0), "max_new_tokens must be between 1"),
     (lambda m: translate(m, ["12€"]), "does not know: '€'"),
     (lambda m: translate(m, [""]), "the source is empty"),
     (lambda m: translate(m, ["x" * 25]), "at most 20 fit"),
@@ -145,10 +145,10 @@ def test_bad_input_gives_a_one_line_message(model, call, words):
 
 
 def test_translate_returns_strings_with_greedy_and_beam(model):
-    out = translate(model, ["417", "2024-03-07"], max_len=5)
+    out = translate(model, ["417", "2024-03-07"], max_new_tokens=5)
     assert len(out) == 2 and all(isinstance(o, str) and len(o) <= 5 for o in out)
-    assert translate(model, "417", beam_size=1, max_len=5) == translate(model, ["417"], beam_size=1, max_len=5)
-    assert len(translate(model, ["417"], beam_size=3, max_len=5)) == 1
+    assert translate(model, "417", beam_size=1, max_new_tokens=5) == translate(model, ["417"], beam_size=1, max_new_tokens=5)
+    assert len(translate(model, ["417"], beam_size=3, max_new_tokens=5)) == 1
 
 
 def test_cross_attention_in_the_open_equals_a_one_head_multi_head_attention_with_a_padding_mask():
@@ -166,3 +166,16 @@ def test_cross_attention_in_the_open_equals_a_one_head_multi_head_attention_with
     torch.testing.assert_close(weights, want_weights[:, 0], atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="memory_mask must be"):
         cross_attention(x, memory, mha.q_proj.weight.T, mha.k_proj.weight.T, mha.v_proj.weight.T, mask[:, :3])
+
+
+def test_decoding_leaves_the_model_in_the_mode_it_was_in():
+    seed_everything(0)
+    cfg = EncoderDecoderConfig(vocab_size=len(SEQ2SEQ_VOCAB), context_length=20, d_model=32, num_heads=4, d_ff=64,
+                               dropout=0.1)
+    training = EncoderDecoder(cfg).train()
+    src = encode_sources(["417", "2024-03-07"])
+    greedy_decode(training, src, 4)
+    beam_search(training, src, beam_size=2, max_new_tokens=4)
+    sequence_log_prob(training, src, [[3], [4]])
+    cross_attention_maps(training, src, torch.ones(2, 3, dtype=torch.long))
+    assert training.training and all(m.training for m in training.modules())

@@ -293,8 +293,8 @@ def test_batch_pads_with_pad_and_marks_real_tokens(tok):
     ids, mask = tok.batch(["the fox .", "the tired fox walked to the road ."])
     assert ids.shape == mask.shape == (2, 10)
     assert (ids[0, 5:] == tok.pad_id).all() and mask[0].tolist() == [1] * 5 + [0] * 5 and mask[1].all()
-    with pytest.raises(ValueError, match="text 1 has 10 tokens.*max_len=8"):
-        tok.batch(["the fox .", "the tired fox walked to the road ."], max_len=8)
+    with pytest.raises(ValueError, match="text 1 has 10 tokens.*context_length=8"):
+        tok.batch(["the fox .", "the tired fox walked to the road ."], context_length=8)
 
 
 # ----------------------------------------------------------------------------- one interface

@@ -227,7 +227,7 @@ def test_gpt_attentions_give_the_same_hidden_states_and_causal_weights():
 
 def test_cross_attention_adapter_gives_target_by_source_maps():
     seed_everything(0)
-    model = EncoderDecoder(EncoderDecoderConfig(vocab_size=20, max_len=16, d_model=32, num_heads=4))
+    model = EncoderDecoder(EncoderDecoderConfig(vocab_size=20, context_length=16, d_model=32, num_heads=4))
     src, tgt = torch.randint(3, 20, (1, 6)), torch.randint(3, 20, (1, 4))
     cross = cross_attentions_for_bertviz(model, src, tgt)
     assert len(cross) == 2 and cross[0].shape == (1, 4, 4, 6)
