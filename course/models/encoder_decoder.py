@@ -166,4 +166,4 @@ def load_from_torch_transformer(model: EncoderDecoder, theirs: nn.Transformer) -
                 raise ValueError(f"{side} layer {i}: {exc}") from None
             plan += layer_plan(f"{side}_blocks.{i}.", f"{side}.layers.{i}.")
         plan += [Step(f"{side}_norm.weight", f"{side}.norm.weight"), Step(f"{side}_norm.bias", f"{side}.norm.bias")]
-    return load_plan(model, theirs.state_dict(), plan, keep=("embedding.", "output."), question=MODULE_QUESTION)
+    return load_plan(model, theirs.state_dict(), plan, keep=("token_embedding.", "output."), question=MODULE_QUESTION)
