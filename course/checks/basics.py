@@ -6,7 +6,7 @@ import torch
 from .core import CheckResult, Mistake, check_function
 
 
-def _softmax_cases() -> list[tuple]:
+def softmax_cases() -> list[tuple]:
     g = torch.Generator().manual_seed(0)
     return [
         (torch.tensor([[1.0, 2.0, 3.0]]),),
@@ -33,5 +33,5 @@ SOFTMAX_MISTAKES = [
 
 def check_softmax(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x) -> softmax of x along the last dimension``, for any shape of ``x``."""
-    return check_function("softmax", fn, lambda x: torch.softmax(x, dim=-1), _softmax_cases(),
+    return check_function("softmax", fn, lambda x: torch.softmax(x, dim=-1), softmax_cases(),
                           mistakes=SOFTMAX_MISTAKES, atol=1e-6, strict=strict)

@@ -150,24 +150,14 @@ def compare_outputs(got: Any, want: Any, names: Sequence[str], atol: float, rtol
     return None, worst
 
 
-def check_function(
-    exercise: str,
-    fn: Any,
-    reference: Callable[..., Any],
-    cases: Sequence[tuple],
-    *,
-    mistakes: Sequence[Mistake] = (),
-    output_names: Sequence[str] = ("output",),
-    atol: float = 1e-5,
-    rtol: float = 1e-4,
-    strict: bool | None = None,
-) -> CheckResult:
-    """Check ``fn`` against ``reference`` on every case (a tuple of positional arguments).
+def check_function(exercise: str, fn: Any, reference: Callable[..., Any], cases: Sequence[tuple], *,
+                   strict: bool | None = None, **options: Any) -> CheckResult:
+    """Check ``fn`` against ``reference`` on every case (a tuple of positional arguments) and print one line.
 
-    Returns the :class:`CheckResult` after printing its line (see :func:`report` for ``strict``).
+    ``options`` are :func:`evaluate_function`'s (``mistakes``, ``output_names``, ``atol``, ``rtol``); returns
+    the :class:`CheckResult` (see :func:`report` for ``strict``).
     """
-    return report(evaluate_function(exercise, fn, reference, cases, mistakes=mistakes,
-                                    output_names=output_names, atol=atol, rtol=rtol), strict=strict)
+    return report(evaluate_function(exercise, fn, reference, cases, **options), strict=strict)
 
 
 def evaluate_function(
@@ -181,7 +171,8 @@ def evaluate_function(
     atol: float = 1e-5,
     rtol: float = 1e-4,
 ) -> CheckResult:
-    """Like :func:`check_function` but silent: only returns the result."""
+    """Run ``fn`` and ``reference`` on every case and compare (within ``atol``/``rtol``); on wrong values,
+    name the first of ``mistakes`` whose output matches. Silent: only returns the result."""
     if not callable(fn):
         return CheckResult(exercise, FAILED, f"expected a function, got {type(fn).__name__}; pass the function itself, without calling it")
     worst = 0.0

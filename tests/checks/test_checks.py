@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from course.checks import ExerciseFailed, check_softmax, evaluate_function
-from course.checks.basics import SOFTMAX_MISTAKES, _softmax_cases
+from course.checks.basics import SOFTMAX_MISTAKES, softmax_cases
 from course.checks.core import FAILED, NOT_ATTEMPTED, PASSED, Mistake, check_values, evaluate_values
 
 
 def _softmax_result(fn):
-    return evaluate_function("softmax", fn, lambda x: torch.softmax(x, dim=-1), _softmax_cases(),
+    return evaluate_function("softmax", fn, lambda x: torch.softmax(x, dim=-1), softmax_cases(),
                              mistakes=SOFTMAX_MISTAKES, atol=1e-6)
 
 
