@@ -3,7 +3,8 @@
 - Kernels started by nbval inherit this process's environment, so strict checks are switched on
   here: an exercise checker that fails in a source notebook raises, and the notebook test fails.
 - Only the lessons of the manifest (course/lessons.toml) are collected from notebooks/; a notebook the
-  manifest lacks fails tests/tooling/test_lessons_manifest.py instead of running unannounced.
+  manifest lacks fails tests/tooling/test_lessons_manifest.py instead of running unannounced. A
+  malformed manifest stops the run with one line.
 - Each notebook's run time is collected (also across pytest-xdist workers) and printed at the end,
   against that lesson's budget in the manifest.
 """
@@ -26,15 +27,26 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
-from course.lessons import NOTEBOOKS, load_manifest
+import pytest
+
+from course.lessons import NOTEBOOKS, ManifestError, load_manifest
 
 ROOT = Path(__file__).resolve().parent
 _notebook_seconds: dict[str, float] = defaultdict(float)
 _notebook_failed: set[str] = set()
 
 
+def pytest_configure(config):
+    """A malformed manifest stops the run with its one-line message, before anything is collected."""
+    try:
+        load_manifest()
+    except ManifestError as err:
+        raise pytest.UsageError(f"course/lessons.toml: {err}") from None
+
+
 def pytest_ignore_collect(collection_path, config):
-    """Collect from notebooks/ only the lessons the manifest lists (nbval would take any .ipynb)."""
+    """When pytest walks notebooks/, it collects only the lessons the manifest lists (nbval would take any
+    .ipynb); a notebook named on the command line still runs."""
     if collection_path.suffix == ".ipynb" and collection_path.parent == NOTEBOOKS:
         return collection_path.name not in load_manifest().by_notebook()
     return None

@@ -11,6 +11,7 @@ manifest by :func:`record_run_times` (the bench and the notebook executor call i
 """
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class Manifest:
     budget_s: float
     parts: dict[int, str]
     extras: dict[str, str]
+    planned: dict[int, str]
 
     def by_notebook(self) -> dict[str, Lesson]:
         return {lesson.notebook: lesson for lesson in self.lessons}
@@ -86,15 +88,16 @@ class Manifest:
 
 def _lesson(entry: dict, index: int, extras: dict[str, str], parts: dict[int, str], cap: float) -> Lesson:
     where = f"lesson {entry.get('slug', f'#{index + 1}')!s}"
+    unknown = sorted(set(entry) - set(_FIELDS) - set(_OPTIONAL))
     for field, kind in _FIELDS.items():
         if field not in entry:
-            raise ManifestError(f"{where}: missing field '{field}'")
+            typo = difflib.get_close_matches(field, unknown, n=1)
+            raise ManifestError(f"{where}: missing field '{field}'" + (f" (is '{typo[0]}' a typo?)" if typo else ""))
         if not isinstance(entry[field], kind) or (kind is int and isinstance(entry[field], bool)):
             raise ManifestError(f"{where}: '{field}' has the wrong type ({type(entry[field]).__name__})")
     for field, kind in _OPTIONAL.items():
         if field in entry and not isinstance(entry[field], kind):
             raise ManifestError(f"{where}: '{field}' has the wrong type ({type(entry[field]).__name__})")
-    unknown = set(entry) - set(_FIELDS) - set(_OPTIONAL)
     if unknown:
         raise ManifestError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     if not SLUG.fullmatch(entry["slug"]):
@@ -129,8 +132,10 @@ def parse_manifest(text: str) -> Manifest:
         cap = float(data["course"]["budget_s"])
         parts = {int(k): v for k, v in data["parts"].items()}
         extras = {k: v["what"] for k, v in data.get("extras", {}).items()}
+        planned = {int(k): v for k, v in data.get("planned", {}).items()}
     except (KeyError, TypeError, ValueError) as err:
-        raise ManifestError(f"lessons.toml needs [course] budget_s, [parts] and [extras.NAME] what = ...: {err}") from None
+        raise ManifestError(f"lessons.toml needs [course] budget_s, [parts], [extras.NAME] what = ... and "
+                            f"[planned] with lesson numbers as keys: {err}") from None
     found = tuple(_lesson(entry, i, extras, parts, cap) for i, entry in enumerate(data.get("lesson", [])))
     for field in ("number", "slug"):
         values = [getattr(lesson, field) for lesson in found]
@@ -139,7 +144,7 @@ def parse_manifest(text: str) -> Manifest:
             raise ManifestError(f"two lessons share the {field} {repeated[0]!r}")
     if [lesson.number for lesson in found] != sorted(lesson.number for lesson in found):
         raise ManifestError("lessons must be listed in number order")
-    return Manifest(found, cap, parts, extras)
+    return Manifest(found, cap, parts, extras, planned)
 
 
 @lru_cache(maxsize=4)
@@ -164,13 +169,14 @@ def notebook_paths(folder: Path = NOTEBOOKS, path: Path = MANIFEST) -> list[Path
 
 
 def lesson_for(notebook: Path | str, path: Path = MANIFEST) -> Lesson:
-    """The lesson whose notebook is ``notebook`` (a path or a file name); ManifestError if none is."""
-    name = Path(notebook).name
-    found = load_manifest(path).by_notebook().get(name)
-    if found is None:
-        raise ManifestError(f"{name} is not a lesson in course/lessons.toml: add it there "
-                            "(python utils/new_lesson.py writes the entry for a new lesson)")
-    return found
+    """The lesson named by ``notebook``: its notebook's path or file name, its number (``"12"``), its name
+    (``"12_modern_llm"``) or its slug (``"modern_llm"``); ManifestError, saying so in one line, if none is."""
+    text = str(notebook)
+    for lesson in lessons(path):
+        if Path(text).name in {lesson.notebook, lesson.name, lesson.slug} or (text.isdigit() and int(text) == lesson.number):
+            return lesson
+    raise ManifestError(f"{Path(text).name} is not a lesson in course/lessons.toml (name one by its notebook, number or "
+                        "slug; python utils/new_lesson.py writes the entry for a new lesson)")
 
 
 def record_run_times(times: dict[str, float], path: Path = MANIFEST) -> None:

@@ -2,7 +2,7 @@
 """Time every lesson top to bottom against its budget in the manifest (lessons run one at a time).
 
     python3 bootstrap.py bench            # or: .venv/bin/python utils/bench_notebooks.py
-    python utils/bench_notebooks.py notebooks/03_self_attention.ipynb
+    python utils/bench_notebooks.py 03            # one lesson, by number, slug or notebook path
 
 Prints one row per lesson and exits 1 if any lesson is over budget or fails. The notebooks on
 disk are not changed. ``--write-readme`` records the measured times in course/lessons.toml and the
@@ -17,15 +17,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from course.lessons import lesson_for, notebook_paths  # noqa: E402
+from course.lessons import lesson_for  # noqa: E402
 from course.utils import describe_exception  # noqa: E402
+from utils.lesson_rules import lesson_paths  # noqa: E402
 from utils.notebook_run import execute  # noqa: E402
 from utils.syllabus import record_times  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="*", type=Path)
+    parser.add_argument("lessons", nargs="*", help="notebooks, numbers (12) or slugs; every lesson if none")
     parser.add_argument("--write-readme", action="store_true",
                         help="record the times in course/lessons.toml and README.md")
     args = parser.parse_args()
@@ -33,7 +34,7 @@ def main() -> int:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; budgets from course/lessons.toml")
     print(f"{'lesson':<36}{'seconds':>9}{'budget':>8}  verdict")
     status = 0
-    for path in args.paths or notebook_paths():
+    for path in lesson_paths(args.lessons):
         try:
             budget = lesson_for(path).budget_s
             _, seconds = execute(path, env={"COURSE_NO_PROGRESS": "1"})
@@ -51,4 +52,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils import run_cli
+
+    sys.exit(run_cli(main))

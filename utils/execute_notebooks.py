@@ -2,7 +2,7 @@
 """Re-execute lessons in place so their committed outputs are what the code computes now.
 
     python utils/execute_notebooks.py                       # every lesson in course/lessons.toml
-    python utils/execute_notebooks.py notebooks/00_setup.ipynb
+    python utils/execute_notebooks.py 00                    # one lesson, by number, slug or notebook path
     python utils/execute_notebooks.py --gpu                 # the lessons the manifest marks gpu = true
     python utils/execute_notebooks.py --write-readme        # and record each run time (manifest, README)
 
@@ -20,23 +20,28 @@ import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from course.lessons import lesson_for, lessons  # noqa: E402
-from utils.lesson_rules import problems  # noqa: E402
-from utils.notebook_run import execute, scrub  # noqa: E402
+from utils.lesson_rules import lesson_paths, placeholders, problems  # noqa: E402
+from utils.notebook_run import CellExecutionError, describe_cell_error, execute, scrub  # noqa: E402
 from utils.syllabus import record_times  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="*", type=Path)
+    parser.add_argument("lessons", nargs="*", help="notebooks, numbers (12) or slugs; every lesson if none")
     parser.add_argument("--gpu", action="store_true", help="only the lessons with GPU cells")
     parser.add_argument("--write-readme", action="store_true",
                         help="record the run times in course/lessons.toml and README.md (run on an idle machine)")
     args = parser.parse_args(argv)
-    paths = args.paths or [lesson.path() for lesson in lessons() if lesson.gpu or not args.gpu]
+    paths = lesson_paths(args.lessons) if args.lessons else [l.path() for l in lessons() if l.gpu or not args.gpu]
     status, times = 0, {}
     for path in paths:
         budget = lesson_for(path).budget_s
-        nb, seconds = execute(path, env={"COURSE_STRICT_CHECKS": "1", "COURSE_NO_PROGRESS": "1"})
+        try:
+            nb, seconds = execute(path, env={"COURSE_STRICT_CHECKS": "1", "COURSE_NO_PROGRESS": "1"})
+        except CellExecutionError as err:
+            print(f"{path.name}: FAILED, nothing written: {describe_cell_error(err)}")
+            status = 1
+            continue
         leaks = scrub(nb)
         nbformat.write(nb, path)
         flag = "" if seconds <= budget else f"  OVER its {budget:.0f} s budget"
@@ -47,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         broken = problems(path)
         for problem in broken:
             print(f"  {problem}")
+        for note in placeholders(path):
+            print(f"  note: {note}")
         status |= bool(flag or leaks or broken)
     if args.write_readme and times:
         record_times(times)
@@ -54,4 +61,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils import run_cli
+
+    sys.exit(run_cli(main))

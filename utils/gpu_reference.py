@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from course import sdpa_bench as sb  # noqa: E402
+from course.utils import describe_exception  # noqa: E402
 
 
 def triton_ratio() -> dict:
@@ -32,7 +33,7 @@ def triton_ratio() -> dict:
             return {"status": TRITON_MISSING}
         return {"status": "ok", "runs": [time_against_flash(causal=c) for c in (False, True)]}
     except Exception as exc:  # keep the table even if the kernel fails on this GPU
-        return {"status": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+        return {"status": f"failed: {describe_exception(exc, 200)}"}
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 """The rules every committed lesson notebook keeps, in one place.
 
     python utils/lesson_rules.py                  # check every lesson of course/lessons.toml
-    python utils/lesson_rules.py notebooks/03_self_attention.ipynb
+    python utils/lesson_rules.py 03                # one lesson, by number, slug or notebook path
 
 Each rule is a function that takes a lesson's notebook and returns what it breaks, one line a problem
 (an empty list when it keeps the rule). The hygiene tests run each rule on every lesson, the notebook
@@ -11,6 +11,7 @@ them. CONTRIBUTING.md says the same rules in words.
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib
 import json
@@ -22,7 +23,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from course.lessons import Lesson, lesson_for, notebook_paths  # noqa: E402
+from course.lessons import NOTEBOOKS, Lesson, lesson_for, notebook_paths  # noqa: E402
 from utils.colab import setup_cell_source  # noqa: E402
 
 BEGIN = "### BEGIN SOLUTION"
@@ -165,16 +166,48 @@ def problems(path: Path) -> list[str]:
     return size_problems(path) + [p for rule in RULES for p in rule(nb, lesson)]
 
 
-def main(argv: list[str]) -> int:
+PLACEHOLDER = "(author:"
+
+
+def placeholders(path: Path) -> list[str]:
+    """Notes, not problems: cells that still hold the scaffold's ``(author: ...)`` placeholders."""
+    nb = nbformat.read(path, as_version=4)
+    return [f"cell {i} still holds a placeholder for the author" for i, c in enumerate(nb.cells) if PLACEHOLDER in c.source]
+
+
+def unlisted_notebooks(folder: Path = NOTEBOOKS) -> list[str]:
+    """Notebooks in ``folder`` that the manifest lacks (nothing runs, checks or builds them)."""
+    listed = {p.name for p in notebook_paths(folder)}
+    return [f"{p.name} is not in course/lessons.toml, so nothing tests, builds or lists it"
+            for p in sorted(Path(folder).glob("*.ipynb")) if p.name not in listed]
+
+
+def lesson_paths(names: list[str]) -> list[Path]:
+    """The notebooks of the lessons named on a command line (paths, numbers, names or slugs); all if none."""
+    return [Path(n) if Path(n).is_file() else lesson_for(n).path() for n in names] or notebook_paths()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("lessons", nargs="*", help="notebooks, numbers (12) or slugs; every lesson if none")
+    args = parser.parse_args(argv)
     status = 0
-    for path in [Path(a) for a in argv] or notebook_paths():
+    for path in lesson_paths(args.lessons):
         found = problems(path)
         print(f"{path.name}: " + ("keeps every rule" if not found else f"{len(found)} problem(s)"))
         for problem in found:
             print(f"  - {problem}")
+        for note in placeholders(path):
+            print(f"  note: {note}")
         status |= bool(found)
+    if not args.lessons:
+        for problem in unlisted_notebooks():
+            print(f"- {problem}")
+            status = 1
     return status
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from utils import run_cli
+
+    sys.exit(run_cli(main))

@@ -2,7 +2,7 @@
 """Start a new lesson: a notebook skeleton that already keeps every lesson rule, wired to its own module,
 checker and tests, and its entry in the lesson manifest.
 
-    python utils/new_lesson.py 12 modern_llm "A modern LLM" --builds "a Llama-style decoder ..." --part 3
+    python utils/new_lesson.py 12 modern_llm "a modern LLM" --builds "a Llama-style decoder ..." --part 3
 
 writes (and refuses to overwrite any of them):
 
@@ -11,7 +11,7 @@ writes (and refuses to overwrite any of them):
     course/checks/modern_llm.py              the exercise's checker and its library of known mistakes
     tests/course/test_modern_llm.py          the module checked against PyTorch
     tests/checks/test_checks_modern_llm.py   the checker: passes the right answer, catches learner-style wrong ones
-    course/lessons.toml                      the lesson's entry (appended)
+    course/lessons.toml                      the lesson's entry, in number order
 
 then executes the notebook (utils/execute_notebooks.py's way), records its run time and regenerates the
 README's syllabus table. The example exercise (centring vectors) only shows the wiring: replace it, its
@@ -21,6 +21,7 @@ slug is not a good module name. CONTRIBUTING.md says what comes next.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from string import Template
@@ -187,8 +188,15 @@ def _code(src: str, **metadata):
     return nbformat.v4.new_code_cell(src.strip("\n"), metadata=metadata)
 
 
+def sentence(text: str) -> str:
+    """``text`` as a sentence: a capital first letter and a full stop."""
+    text = text.strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith((".", "?", "!")) else ".")
+
+
 def notebook(nn: str, title: str, builds: str, module: str):
-    """The lesson skeleton: every cell a lesson needs, in the order the lesson rules ask for."""
+    """The lesson skeleton: every cell a lesson needs, in the order the lesson rules ask for. The
+    ``(author: ...)`` placeholders pass the rules; utils/lesson_rules.py lists those still left as notes."""
     solution_meta = {"grade": False, "grade_id": "centre", "locked": False, "schema_version": NBGRADER_SCHEMA,
                      "solution": True, "task": False}
     check_meta = {"grade": True, "grade_id": "centre-check", "locked": True, "points": 1,
@@ -196,17 +204,16 @@ def notebook(nn: str, title: str, builds: str, module: str):
     cells = [
         _code(setup_cell_source(), tags=[SETUP_TAG]),
         _md(f"""
-# {nn} · {title}
+# {nn} · {title[:1].upper() + title[1:]}
 
-**What you will build.** {builds}
+**What you will build.** {sentence(builds)}
 
-**Why it matters.** *(Two or three sentences: what can a learner do or understand after this lesson that
-they could not before? Which claim does the lesson measure?)*
+**Why it matters.** *(author: two or three sentences: what can a learner do or understand after this lesson
+that they could not before? Which claim does the lesson measure?)*
 """),
-        _code(f"""
+        _code("""
 import torch
 
-from course import {module}
 from course.plotting import use_course_style
 from course.seed import seed_everything
 
@@ -216,7 +223,7 @@ seed_everything(0);
         _md("""
 ## 1. The idea, in the open
 
-*(Write each piece here, cell by cell, so the learner sees every line; print or annotate shapes.)* The
+*(author: write each piece here, cell by cell, so the learner sees every line; print or annotate shapes.)* The
 example below centres vectors: it subtracts each vector's mean over its last dimension, the first step of
 LayerNorm.
 """),
@@ -244,20 +251,23 @@ from course.checks.{module} import check_centre
 check_centre(centre)
 """, nbgrader=check_meta, tags=["exercise-check"]),
         _md(f"""
-Your function and the package's `course.{module}.centre` are the same code path: later lessons import
-the package version.
+The checker compared your function with `course.{module}.centre`, the package version that the rest of
+the course imports instead of repeating this code. From here on the lesson uses it too:
 """),
         _code(f"""
-print("centred rows:", centre(x).tolist())
-print("same as the package version:", torch.equal(centre(x), {module}.centre(x)))
+from course import {module}
+
+print("x:            ", x.tolist())
+print("centred rows: ", {module}.centre(x).tolist())
+print("row means now:", {module}.centre(x).mean(dim=-1).tolist())
 """, tags=["nbval-check-output"]),
         _md("""
 ## What you built
 
-- *(One line per piece, with the figure the lesson measured.)*
+- *(author: one line per piece, with the figure the lesson measured.)*
 
-**A question to take away.** *(One open question the learner can think about, ending with a question mark.)*
-Why might a model want to centre its vectors before comparing them?
+**A question to take away.** *(author: one open question the learner can think about, ending with a question
+mark, in place of this one.)* Why might a model want to centre its vectors before comparing them?
 """),
     ]
     nb = nbformat.v4.new_notebook(cells=cells)
@@ -267,8 +277,9 @@ Why might a model want to centre its vectors before comparing them?
 
 
 def plan(number: int, slug: str, title: str, builds: str, part: int | None, module: str | None,
-         root: Path = ROOT) -> tuple[dict[Path, str], str, object]:
-    """What the scaffold writes: ``(new files -> text, manifest entry, notebook)``; ScaffoldError if it can't."""
+         root: Path = ROOT) -> tuple[dict[Path, str], Path]:
+    """What the scaffold writes: ``({path: text} for the new files and the manifest, the notebook's path)``;
+    ScaffoldError, with the reason, if it cannot."""
     existing = lessons(root / "course" / "lessons.toml")
     if not 0 <= number <= 99:
         raise ScaffoldError(f"the lesson number must be 0-99, got {number}")
@@ -282,8 +293,6 @@ def plan(number: int, slug: str, title: str, builds: str, part: int | None, modu
             raise ScaffoldError(f"lesson {number:02d} exists already ({lesson.notebook}); pick the next free number")
         if lesson.slug == slug:
             raise ScaffoldError(f"slug {slug!r} is taken by lesson {lesson.number:02d}")
-    if existing and number < existing[-1].number:
-        raise ScaffoldError(f"lessons are added at the end: the last is {existing[-1].number:02d}")
     if '"' in title or '"' in builds or "\\" in title + builds:
         raise ScaffoldError("keep double quotes and backslashes out of the title and the one-line summary")
     nn = f"{number:02d}"
@@ -299,47 +308,56 @@ def plan(number: int, slug: str, title: str, builds: str, part: int | None, modu
     taken = [p for p in [notebook_path, *files] if p.exists()]
     if taken:
         raise ScaffoldError(f"{taken[0].relative_to(root)} exists already; choose another slug or --module NAME")
-    entry = MANIFEST_ENTRY.substitute(values)
-    manifest_text = (root / "course" / "lessons.toml").read_text(encoding="utf-8")
+    manifest = root / "course" / "lessons.toml"
+    files[manifest] = with_entry(manifest.read_text(encoding="utf-8"), number, MANIFEST_ENTRY.substitute(values))
     try:
-        parse_manifest(manifest_text.rstrip("\n") + "\n" + entry)
+        parse_manifest(files[manifest])
     except ManifestError as err:
         raise ScaffoldError(f"the new manifest entry would be invalid: {err}") from None
     files[notebook_path] = nbformat.writes(notebook(nn, title, builds, module)) + "\n"
-    return files, entry, notebook_path
+    return files, notebook_path
+
+
+def with_entry(manifest_text: str, number: int, entry: str) -> str:
+    """The manifest's text with ``entry`` placed among the lessons in number order (lessons may be written
+    out of order: 14 before 13)."""
+    head, *blocks = re.split(r"(?m)^(?=\[\[lesson\]\])", manifest_text)
+    later = [i for i, b in enumerate(blocks) if int(re.search(r"(?m)^number = (\d+)", b).group(1)) > number]
+    at = later[0] if later else len(blocks)
+    before = "".join([head, *blocks[:at]]).rstrip("\n") + "\n"
+    return before + entry + ("\n" + "".join(blocks[at:]) if blocks[at:] else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("number", type=int, help="the lesson's number, e.g. 12")
     parser.add_argument("slug", help="its name in file names, e.g. modern_llm")
-    parser.add_argument("title", help='its title, e.g. "A modern LLM"')
-    parser.add_argument("--builds", default="(say in one line what the learner builds: `builds` in course/lessons.toml)",
+    parser.add_argument("title", help='its title, lower case as in the syllabus, e.g. "a modern LLM"')
+    parser.add_argument("--builds", default="(author: say in one line what the learner builds: `builds` in course/lessons.toml)",
                         help="one line: what the learner builds (the README's syllabus column)")
     parser.add_argument("--part", type=int, help="the course part, 1-5 (default: the last lesson's)")
     parser.add_argument("--module", help="the name of its course module and checker module (default: the slug)")
     parser.add_argument("--no-execute", action="store_true", help="write the files but do not execute the notebook")
     args = parser.parse_args(argv)
     try:
-        files, entry, notebook_path = plan(args.number, args.slug, args.title, args.builds, args.part, args.module)
+        files, notebook_path = plan(args.number, args.slug, args.title, args.builds, args.part, args.module)
     except ScaffoldError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for path, text in files.items():
         path.write_text(text, encoding="utf-8")
-        print(f"wrote {path.relative_to(ROOT)}")
-    with open(MANIFEST, "a", encoding="utf-8") as manifest:
-        manifest.write(entry)
-    print("added its entry to course/lessons.toml")
+        print(f"{'added its entry to' if path == MANIFEST else 'wrote'} {path.relative_to(ROOT)}")
     if args.no_execute:
-        print(f"next: python utils/execute_notebooks.py --write-readme {notebook_path.relative_to(ROOT)}")
+        print(f"next: python utils/execute_notebooks.py --write-readme {notebook_path.stem}")
         return 0
     from utils.execute_notebooks import main as execute_main
 
-    status = execute_main([str(notebook_path), "--write-readme"])
+    status = execute_main([notebook_path.stem, "--write-readme"])
     print("next: replace the example with the lesson's own pieces; see CONTRIBUTING.md, 'Adding a lesson'.")
     return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils import run_cli
+
+    sys.exit(run_cli(main))

@@ -4,13 +4,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from course.utils import first_line  # noqa: E402
+
+__all__ = ["CellExecutionError", "execute", "describe_cell_error", "scrub"]
+
 
 def execute(path: Path, timeout: int = 600, env: dict | None = None, allow_errors: bool = False):
     """Run ``path`` in a fresh python3 kernel (cwd: its folder); return (notebook, seconds)."""
@@ -31,6 +38,13 @@ def execute(path: Path, timeout: int = 600, env: dict | None = None, allow_error
         os.environ.clear()
         os.environ.update(saved)
     return nb, seconds
+
+
+def describe_cell_error(err: CellExecutionError) -> str:
+    """One line for a cell that raised while a lesson ran: ``"ValueError: message"``, colour codes removed."""
+    ename, evalue = getattr(err, "ename", "") or "", getattr(err, "evalue", "") or ""
+    text = f"{ename}: {evalue}" if ename else str(err)
+    return first_line(re.sub(r"\x1b\[[0-9;]*m", "", text), 200)
 
 
 _MACHINE_PATHS = [re.escape(str(ROOT)), re.escape(str(Path.home())), r"/tmp/[^\s'\"]*"]

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from course.lessons import Lesson, lessons, record_run_times  # noqa: E402
+from course.lessons import Lesson, load_manifest, record_run_times  # noqa: E402
 from utils.colab import badge  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +35,15 @@ def row(lesson: Lesson) -> str:
 
 
 def table() -> str:
-    """The whole syllabus table, one row per lesson of the manifest, in order."""
-    return "\n".join([*HEADER, *(row(lesson) for lesson in lessons())])
+    """The whole syllabus table, one row per lesson of the manifest, in order, then the lessons still to
+    come (the manifest's ``[planned]`` numbers that have no lesson yet)."""
+    manifest = load_manifest()
+    lines = [*HEADER, *(row(lesson) for lesson in manifest.lessons)]
+    taken = {lesson.number for lesson in manifest.lessons}
+    to_come = [f"{n:02d} {title}" for n, title in sorted(manifest.planned.items()) if n not in taken]
+    if to_come:
+        lines += ["", f"Still to come (see the issues): {', '.join(to_come)}."]
+    return "\n".join(lines)
 
 
 def with_table(readme_text: str) -> str:
@@ -76,4 +83,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils import run_cli
+
+    sys.exit(run_cli(main))

@@ -134,3 +134,40 @@ def test_nbval_collects_only_the_manifests_notebooks(tmp_path):
     assert conftest.pytest_ignore_collect(NOTEBOOKS / "99_draft.ipynb", None) is True
     assert conftest.pytest_ignore_collect(LESSONS[0].path(), None) is False
     assert conftest.pytest_ignore_collect(tmp_path / "99_draft.ipynb", None) is None
+
+
+def test_a_lesson_can_be_named_by_its_number_slug_name_or_notebook():
+    third = LESSONS[3]
+    for name in [str(third.number), f"{third.number:02d}", third.slug, third.name, str(third.path())]:
+        assert lesson_for(name) == third, name
+
+
+def test_tools_end_a_manifest_error_in_one_line(capsys):
+    from utils import run_cli
+
+    def main():
+        raise ManifestError("lesson setup: missing field 'builds'")
+
+    assert run_cli(main) == 2
+    assert capsys.readouterr().err == "error: lesson setup: missing field 'builds'\n"
+
+
+def test_a_misspelt_field_is_named_as_a_likely_typo():
+    text = MANIFEST.read_text(encoding="utf-8").replace("\nbuilds = ", "\nbuidls = ", 1)
+    with pytest.raises(ManifestError, match=re.escape("missing field 'builds' (is 'buidls' a typo?)")):
+        parse_manifest(text)
+
+
+def test_the_syllabus_lists_planned_lessons_until_they_exist(monkeypatch):
+    text = MANIFEST.read_text(encoding="utf-8").replace('\n[planned]\n', f'\n[planned]\n{LESSONS[-1].number} = "done already"\n', 1)
+    monkeypatch.setattr(syllabus, "load_manifest", lambda: parse_manifest(text))
+    last = syllabus.table().splitlines()[-1]
+    assert last.startswith("Still to come") and "done already" not in last
+    assert all(f"{n:02d} {title}" in last for n, title in load_manifest().planned.items())
+
+
+def test_a_failing_cell_is_reported_in_one_line_without_colour_codes():
+    from utils.notebook_run import CellExecutionError, describe_cell_error
+
+    err = CellExecutionError("Traceback ...\n\x1b[0;31mValueError\x1b[0m: bad", "ValueError", "bad \x1b[1mthing\x1b[0m")
+    assert describe_cell_error(err) == "ValueError: bad thing"

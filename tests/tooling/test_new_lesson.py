@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from course.lessons import lessons
-from utils.new_lesson import ScaffoldError, plan
+from course.lessons import lessons, parse_manifest
+from utils.new_lesson import ScaffoldError, notebook, plan
 
 ROOT = Path(__file__).resolve().parents[2]
 LAST = lessons()[-1]
@@ -29,13 +29,24 @@ def test_the_scaffold_refuses_what_it_cannot_write_and_says_why(number, slug, mo
         plan(number, slug, "Title", "builds something", None, module)
 
 
-def test_a_free_number_before_the_last_lesson_is_refused(tmp_path):
+def test_a_lesson_written_out_of_order_takes_its_place_in_the_manifest(tmp_path):
     manifest = tmp_path / "course" / "lessons.toml"
     manifest.parent.mkdir()
     head, *entries = (ROOT / "course" / "lessons.toml").read_text(encoding="utf-8").split("\n[[lesson]]")
     manifest.write_text(head + "".join("\n[[lesson]]" + e for e in entries if "\nnumber = 3\n" not in e))
-    with pytest.raises(ScaffoldError, match="added at the end"):
-        plan(3, "early", "Title", "builds something", None, None, root=tmp_path)
+    files, notebook = plan(3, "early", "early lesson", "builds something", None, None, root=tmp_path)
+    numbers = [lesson.number for lesson in parse_manifest(files[manifest]).lessons]
+    assert numbers == sorted(numbers) and 3 in numbers
+    assert notebook == tmp_path / "notebooks" / "03_early.ipynb"
+
+
+def test_the_skeleton_reads_as_sentences_and_imports_the_answer_only_after_the_exercise():
+    nb = notebook("12", "a modern LLM", "a Llama-style decoder", "modern_llm")
+    title = nb.cells[1].source
+    assert title.startswith("# 12 · A modern LLM") and "**What you will build.** A Llama-style decoder." in title
+    exercise = next(i for i, c in enumerate(nb.cells) if "exercise" in c.metadata.get("tags", []))
+    imports = [i for i, c in enumerate(nb.cells) if "from course import modern_llm" in c.source]
+    assert imports and min(imports) > exercise
 
 
 def _copy_of_the_repository(target: Path) -> None:
