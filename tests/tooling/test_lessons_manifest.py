@@ -159,11 +159,14 @@ def test_a_misspelt_field_is_named_as_a_likely_typo():
 
 
 def test_the_syllabus_lists_planned_lessons_until_they_exist(monkeypatch):
-    text = MANIFEST.read_text(encoding="utf-8").replace('\n[planned]\n', f'\n[planned]\n{LESSONS[-1].number} = "done already"\n', 1)
+    done = next(lesson.number for lesson in LESSONS if lesson.number not in load_manifest().planned)
+    text = MANIFEST.read_text(encoding="utf-8").replace('\n[planned]\n', f'\n[planned]\n{done} = "done already"\n', 1)
     monkeypatch.setattr(syllabus, "load_manifest", lambda: parse_manifest(text))
     last = syllabus.table().splitlines()[-1]
     assert last.startswith("Still to come") and "done already" not in last
-    assert all(f"{n:02d} {title}" in last for n, title in load_manifest().planned.items())
+    numbers = {lesson.number for lesson in LESSONS}
+    for n, title in load_manifest().planned.items():
+        assert (f"{n:02d} {title}" in last) == (n not in numbers)
 
 
 def test_a_failing_cell_is_reported_in_one_line_without_colour_codes():
