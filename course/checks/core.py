@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -31,6 +32,7 @@ import torch
 from ..utils import describe_exception
 
 PASSED, FAILED, NOT_ATTEMPTED = "passed", "failed", "not attempted"
+HINT_WIDTH = 88  # a strict failure's message is wrapped to this width (nbgrader's validator cuts longer lines)
 _SYMBOL = {PASSED: "✓", FAILED: "✗", NOT_ATTEMPTED: "…"}
 
 
@@ -78,8 +80,11 @@ class CheckResult:
 
 
 def strict_mode() -> bool:
-    """True under nbgrader (it sets NBGRADER_EXECUTION) or when COURSE_STRICT_CHECKS=1."""
-    return bool(os.environ.get("NBGRADER_EXECUTION")) or os.environ.get("COURSE_STRICT_CHECKS") == "1"
+    """True under nbgrader (it sets NBGRADER_EXECUTION; what it was when the kernel first imported the course
+    counts, so a solution cell cannot unset it) or when COURSE_STRICT_CHECKS=1."""
+    from course import GRADED_AT_START
+
+    return GRADED_AT_START or bool(os.environ.get("NBGRADER_EXECUTION")) or os.environ.get("COURSE_STRICT_CHECKS") == "1"
 
 
 def report(result: CheckResult, strict: bool | None = None) -> CheckResult:
@@ -90,7 +95,8 @@ def report(result: CheckResult, strict: bool | None = None) -> CheckResult:
     """
     print(result.line)
     if (strict_mode() if strict is None else strict) and not result.passed:
-        raise ExerciseFailed(result.line)
+        # Wrapped so that nbgrader's validator, which cuts longer lines, shows the whole hint.
+        raise ExerciseFailed(textwrap.fill(result.line, HINT_WIDTH, break_long_words=False))
     return result
 
 
