@@ -66,8 +66,6 @@ def evaluate(exercise: str, fn: Any, reference: Callable[..., Any], cases: Seque
         return result
     if exception_hints:
         result = with_exception_hints(result, exception_hints)
-    if any(m.hint in result.detail for m in mistakes):
-        return result
     try:
         found = _explain(fn, reference, cases, mistakes, output_names, atol, rtol, nonfinite_hint, locate)
     except Exception:  # the diagnosis is a bonus: if it breaks, the engine's line stands
@@ -75,12 +73,20 @@ def evaluate(exercise: str, fn: Any, reference: Callable[..., Any], cases: Seque
     if found is None:
         return result
     kind, problem, text = found
-    return CheckResult(result.exercise, FAILED, _merge(result.detail, kind, problem, text),
+    detail = result.detail
+    named = next((m.hint for m in mistakes if m.hint in detail), None)
+    if named is not None:           # the engine's pick, from the failing case alone: keep it only if it is ours
+        if kind == "mistake" and text == named:
+            return result
+        detail = detail.replace(named, problem, 1)
+    return CheckResult(result.exercise, FAILED, _merge(detail, kind, problem, text),
                        max_error=result.max_error, extra=result.extra)
 
 
-def _merge(detail: str, kind: str, problem: str, text: str) -> str:
+def _merge(detail: str, kind: str, problem: str, text: str | None) -> str:
     """Put the hint into the engine's line, in place of its bare problem where that is found."""
+    if kind == "none":
+        return detail
     if kind == "mistake":
         new = text if problem.endswith("values differ") else f"{text} ({problem})"
     else:
@@ -91,26 +97,68 @@ def _merge(detail: str, kind: str, problem: str, text: str) -> str:
 
 
 def _explain(fn, reference, cases, mistakes, names, atol, rtol, nonfinite_hint, locate):
-    """(kind, the engine's problem, hint) for the first failing case, or None."""
-    for args in cases:
+    """(kind, the engine's problem, hint) for the first failing case, or None when the learner's function
+    raised or changed its input before failing (the engine's own line says so).
+
+    A mistake is named only if it gives the learner's answer on every case up to the failing one (so one
+    that merely coincides on the failing case is not blamed); among those, one that also gives the
+    learner's answers on the later cases comes first. kind "none": no mistake and no structure found.
+    """
+    seen: list[tuple[tuple, Any]] = []      # (args, the learner's output), case by case
+    failing = None
+    later = iter(enumerate(cases))
+    for i, args in later:
         want = reference(*_clone(args))
+        given = _clone(args)
         try:
-            got = fn(*_clone(args))
+            got = fn(*given)
         except Exception:
             return None
+        if not _same(given, args):
+            return None
+        seen.append((args, got))
         problem, _ = compare_outputs(got, want, names, atol, rtol)
-        if problem is None:
-            continue
-        for mistake in mistakes:
+        if problem is not None:
+            failing = (args, got, want, problem)
+            break
+    if failing is None:
+        return None
+    args, got, want, problem = failing
+    tol = (max(atol, 1e-5), max(rtol, 1e-4))
+    candidates = [m for m in mistakes if all(_agrees(m, a, g, names, tol) for a, g in seen)]
+    if len(candidates) > 1:   # let the remaining cases choose between them
+        for _, more in later:
+            given = _clone(more)
             try:
-                wrong = mistake.fn(*_clone(args))
+                out = fn(*given)
             except Exception:
-                continue
-            if compare_outputs(got, wrong, names, max(atol, 1e-5), max(rtol, 1e-4))[0] is None:
-                return "mistake", problem, mistake.hint
-        text = structure_hint(args, got, want, names, atol, rtol, nonfinite_hint, locate)
-        return ("structure", problem, text) if text else None
-    return None
+                break
+            if not _same(given, more):
+                break
+            fits = [m for m in candidates if _agrees(m, more, out, names, tol)]
+            if not fits:
+                break
+            candidates = fits
+    if candidates:
+        return "mistake", problem, candidates[0].hint
+    text = structure_hint(args, got, want, names, atol, rtol, nonfinite_hint, locate)
+    return ("structure", problem, text) if text else ("none", problem, None)
+
+
+def _agrees(mistake: Mistake, args: tuple, got: Any, names, tol) -> bool:
+    try:
+        wrong = mistake.fn(*_clone(args))
+    except Exception:
+        return False
+    return compare_outputs(got, wrong, names, *tol)[0] is None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,7 +171,7 @@ def structure_hint(args: tuple, got: Any, want: Any, names: Sequence[str], atol:
     got_t, want_t = _as_tuple(got), _as_tuple(want)
     if len(got_t) != len(want_t):
         return None
-    for name, g, w in zip(names, got_t, want_t):
+    for name, g, w in zip(names, got_t, want_t):   # the first wrong output that says something
         if not isinstance(g, torch.Tensor) or not isinstance(w, torch.Tensor):
             return None
         if tuple(g.shape) != tuple(w.shape):
@@ -134,11 +182,13 @@ def structure_hint(args: tuple, got: Any, want: Any, names: Sequence[str], atol:
         if w.is_floating_point():
             if torch.allclose(g.to(w.dtype), w, atol=atol, rtol=rtol, equal_nan=True):
                 continue
-            return _float_hint(args, name, g.double(), w.double(), atol, rtol, nonfinite_hint, locate)
-        if torch.equal(g, w):
+            text = _float_hint(args, name, g.double(), w.double(), atol, rtol, nonfinite_hint, locate)
+        elif torch.equal(g, w):
             continue
-        where = locate(args, name, g, w) if locate else None
-        return where or first_difference(g, w)
+        else:
+            text = (locate(args, name, g, w) if locate else None) or first_difference(g, w)
+        if text:
+            return text if len(names) == 1 or name == names[0] else f"{name}: {text}"
     return None
 
 

@@ -261,6 +261,12 @@ SUBLAYER_MISTAKES = [
     Mistake("the residual is missing: add the input back, x + sublayer(norm(x)) for pre-norm, "
             "norm(x + sublayer(x)) for post-norm",
             lambda x, s, n, nf: s(n(x)) if nf else n(s(x))),
+    Mistake("the residual is missing: add the input back, x + sublayer(norm(x)) for pre-norm, "
+            "norm(x + sublayer(x)) for post-norm",
+            lambda x, s, n, nf: _pre(x, s, n) if nf else n(s(x))),
+    Mistake("the residual is missing: add the input back, x + sublayer(norm(x)) for pre-norm, "
+            "norm(x + sublayer(x)) for post-norm",
+            lambda x, s, n, nf: s(n(x)) if nf else _post(x, s, n)),
     Mistake(_MIXED, lambda x, s, n, nf: _post(x, s, n) if nf else _pre(x, s, n)),
     Mistake(_MIXED, lambda x, s, n, nf: _pre(x, s, n)),
     Mistake(_MIXED, lambda x, s, n, nf: _post(x, s, n)),
