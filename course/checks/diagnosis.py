@@ -167,11 +167,16 @@ def _same(a: Any, b: Any) -> bool:
 
 def structure_hint(args: tuple, got: Any, want: Any, names: Sequence[str], atol: float = 1e-5, rtol: float = 1e-4,
                    nonfinite_hint: str | None = None, locate: Locate | None = None) -> str | None:
-    """What the first wrong output has in common with the right one, in words (or None)."""
+    """What the wrong outputs have in common with the right ones, in words (or None).
+
+    In order: a wrong shape; NaN or inf where the answer is finite (in any output); the checker's own
+    ``locate`` (in any output); then, output by output, the generic structure of the difference.
+    """
     got_t, want_t = _as_tuple(got), _as_tuple(want)
     if len(got_t) != len(want_t):
         return None
-    for name, g, w in zip(names, got_t, want_t):   # the first wrong output that says something
+    wrong = []
+    for name, g, w in zip(names, got_t, want_t):
         if not isinstance(g, torch.Tensor) or not isinstance(w, torch.Tensor):
             return None
         if tuple(g.shape) != tuple(w.shape):
@@ -180,15 +185,28 @@ def structure_hint(args: tuple, got: Any, want: Any, names: Sequence[str], atol:
             return None
         g, w = g.detach(), w.detach()
         if w.is_floating_point():
-            if torch.allclose(g.to(w.dtype), w, atol=atol, rtol=rtol, equal_nan=True):
-                continue
-            text = _float_hint(args, name, g.double(), w.double(), atol, rtol, nonfinite_hint, locate)
-        elif torch.equal(g, w):
-            continue
-        else:
-            text = (locate(args, name, g, w) if locate else None) or first_difference(g, w)
+            if not torch.allclose(g.to(w.dtype), w, atol=atol, rtol=rtol, equal_nan=True):
+                wrong.append((name, g.double(), w.double()))
+        elif not torch.equal(g, w):
+            wrong.append((name, g, w))
+
+    def named(name: str, text: str) -> str:
+        return text if len(names) == 1 or name == names[0] else f"in {name}, {text}"
+
+    for name, g, w in wrong:
+        if w.is_floating_point():
+            text = _nonfinite(g, w, nonfinite_hint)
+            if text:
+                return named(name, text)
+    if locate:
+        for name, g, w in wrong:
+            text = locate(args, name, g, w)
+            if text:
+                return named(name, text)
+    for name, g, w in wrong:
+        text = _float_hint(g, w, atol, rtol) if w.is_floating_point() else first_difference(g, w)
         if text:
-            return text if len(names) == 1 or name == names[0] else f"{name}: {text}"
+            return named(name, text)
     return None
 
 
@@ -212,14 +230,18 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a, b, atol=atol, rtol=rtol, equal_nan=True))
 
 
-def _float_hint(args, name, g, w, atol, rtol, nonfinite_hint, locate) -> str | None:
+def _nonfinite(g: torch.Tensor, w: torch.Tensor, hint: str | None) -> str | None:
+    bad = ~torch.isfinite(g) & torch.isfinite(w)
+    if not bad.any():
+        return None
+    kinds = " or ".join(k for k, present in (("NaN", torch.isnan(g[bad]).any()), ("inf", torch.isinf(g[bad]).any()))
+                        if present)
+    text = f"it has {kinds} at {int(bad.sum())} of {g.numel()} entries where the answer is finite"
+    return f"{text}; {hint}" if hint else text
+
+
+def _float_hint(g: torch.Tensor, w: torch.Tensor, atol: float, rtol: float) -> str | None:
     finite = torch.isfinite(w)
-    bad = ~torch.isfinite(g) & finite
-    if bad.any():
-        kinds = " or ".join(k for k, present in (("NaN", torch.isnan(g[bad]).any()), ("inf", torch.isinf(g[bad]).any()))
-                            if present)
-        text = f"it has {kinds} at {int(bad.sum())} of {g.numel()} entries where the answer is finite"
-        return f"{text}; {nonfinite_hint}" if nonfinite_hint else text
     if not bool(torch.equal(torch.isfinite(g), finite)):
         return None
     gf, wf = g[finite], w[finite]
@@ -243,10 +265,6 @@ def _float_hint(args, name, g, w, atol, rtol, nonfinite_hint, locate) -> str | N
             return f"it is the answer shifted by one position along dim {axis} (one step too late)"
         if _close(g.narrow(axis, 0, n - 1), w.narrow(axis, 1, n - 1), atol, rtol):
             return f"it is the answer shifted by one position along dim {axis} (one step too early)"
-    if locate:
-        where = locate(args, name, g, w)
-        if where:
-            return where
     return _confined(g, w, atol, rtol)
 
 
