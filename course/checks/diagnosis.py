@@ -272,8 +272,8 @@ def _confined(g: torch.Tensor, w: torch.Tensor, atol: float, rtol: float) -> str
     """Wrong only for the later examples of a batch, or only at the first or last index of an axis."""
     wrong = ~torch.isclose(g, w, atol=atol, rtol=rtol, equal_nan=True)
     if g.dim() >= 2 and g.shape[0] > 1 and not wrong[0].any():
-        return ("right for the first example of the batch, wrong for the others "
-                "(something fixed to example 0, or mixed across the batch?)")
+        return ("right at index 0 of dim 0 and wrong at the others (when dim 0 is the batch: something fixed to "
+                "example 0, or mixed across examples?)")
     for axis in range(g.dim()):
         n = g.shape[axis]
         if n < 3:
