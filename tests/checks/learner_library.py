@@ -83,3 +83,35 @@ def figures(library: Library) -> dict[str, int]:
             out["right"] += 1
             out["accepted"] += checker(r.fn, strict=False).passed
     return out
+
+
+def main() -> None:
+    """Print the figures of every checker test module that has a ``LIBRARY``, and their sum:
+    ``python tests/checks/learner_library.py`` (from the repository root)."""
+    import contextlib
+    import importlib
+    import io
+    import os
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here), str(here.parents[1])]
+    os.environ["COURSE_STRICT_CHECKS"] = "0"
+    total = dict.fromkeys(("wrong", "rejected", "named", "right", "accepted"), 0)
+    for path in sorted(here.glob("test_checks_*.py")):
+        library = getattr(importlib.import_module(path.stem), "LIBRARY", None)
+        if library is None:
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            counts = figures(library)
+        print(f"{path.stem:28s} {counts}")
+        total = {k: total[k] + counts[k] for k in total}
+    print(f"{'total':28s} {total}")
+    if total["wrong"]:
+        print(f"rejected {total['rejected'] / total['wrong']:.1%}, named {total['named'] / total['wrong']:.1%} "
+              f"of {total['wrong']} wrong; accepted {total['accepted']} of {total['right']} right")
+
+
+if __name__ == "__main__":
+    main()

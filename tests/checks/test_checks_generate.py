@@ -85,8 +85,7 @@ WRONG_CAUSAL = [
     Wrong("triu mask", causal_variant(allowed=lambda n: torch.ones(n, n, dtype=torch.bool).triu()), "transposed"),
     Wrong("mask inverted", causal_variant(allowed=lambda n: torch.ones(n, n, dtype=torch.bool).triu(1)), "inverted"),
     Wrong("filled with 0", causal_variant(fill=0.0), "became 0"),
-    Wrong("multiplied by the mask", lambda q, k, v: causal_variant(allowed=lambda n: torch.ones(n, n, dtype=torch.bool))(
-        q, k, v) if False else _multiplied(q, k, v), "became 0"),
+    Wrong("multiplied by the mask", lambda q, k, v: _multiplied(q, k, v), "became 0"),
     Wrong("masked after the softmax", causal_variant(allowed=lambda n: torch.ones(n, n, dtype=torch.bool),
                                                      after=lambda w, n: w * torch.ones(n, n).tril()), "after the softmax"),
     Wrong("diagonal masked", causal_variant(allowed=lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1)),

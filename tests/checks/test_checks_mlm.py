@@ -245,8 +245,8 @@ WRONG_HEADS = [
           "w_pool not transposed"),
     Wrong("w_cls not transposed", lambda h, wp, bp, wc, bc: torch.tanh(h[:, 0] @ wp.T + bp) @ wc + bc, "[out, in]"),
     Wrong("hidden[0]", lambda h, wp, bp, wc, bc: torch.tanh(h[0] @ wp.T + bp) @ wc.T + bc, "first SENTENCE"),
-    Wrong("hidden[:, :1]", lambda h, wp, bp, wc, bc: head_with_linear(h[:, :1], wp, bp, wc, bc).unsqueeze(1)
-          if False else torch.tanh(h[:, :1] @ wp.T + bp) @ wc.T + bc, "position axis was kept"),
+    Wrong("hidden[:, :1]", lambda h, wp, bp, wc, bc: torch.tanh(h[:, :1] @ wp.T + bp) @ wc.T + bc,
+          "position axis was kept"),
     Wrong("no biases", lambda h, wp, bp, wc, bc: torch.tanh(h[:, 0] @ wp.T) @ wc.T, "biases are missing"),
     Wrong("tanh on the logits", lambda *a: torch.tanh(head_with_linear(*a)), "tanh applied to the logits"),
     Wrong("sigmoid pooler", lambda h, wp, bp, wc, bc: torch.sigmoid(h[:, 0] @ wp.T + bp) @ wc.T + bc, "values differ"),

@@ -232,28 +232,6 @@ def beam_divmod(scores, log_probs, finished, k, eos):
     return top, torch.div(idx, log_probs.shape[1], rounding_mode="floor"), torch.remainder(idx, log_probs.shape[1])
 
 
-WRONG_BEAMS = [
-    Wrong("adds probabilities", beam_variant(add_probs=True), "added probabilities"),
-    Wrong("best token per beam (no flattening)", beam_variant(per_row=True), "each beam kept its own best token"),
-    Wrong("extends finished beams", beam_variant(extend_finished=True), "finished beams were extended"),
-    Wrong("parent = index % n", beam_variant(parent_mod_n=True), "unravelled wrongly"),
-    Wrong("parent and token swapped", beam_variant(swap=True), "parent and token are swapped"),
-    Wrong("scores not added", lambda s, lp, f, k, e: beam_learner(torch.zeros_like(s), lp, f, k, e), "not added"),
-    Wrong("the worst candidates", lambda s, lp, f, k, e: (lambda total: (
-        total.flatten().topk(k, largest=False)[0], total.flatten().topk(k, largest=False)[1] // lp.shape[1],
-        total.flatten().topk(k, largest=False)[1] % lp.shape[1]))(
-        s[:, None] + lp.masked_fill(f[:, None], float("-inf")).index_put((f.nonzero()[:, 0], torch.full(
-            (int(f.sum()),), e)), torch.zeros(int(f.sum())))), "WORST candidates"),
-    Wrong("finished beams keep their <eos> cost", lambda s, lp, f, k, e: beam_learner(
-        s, lp, torch.zeros_like(f), k, e) if not f.any() else _eos_cost(s, lp, f, k, e), "paid for its <eos> again"),
-    Wrong("true division for the parent", lambda s, lp, f, k, e: (lambda r: (r[0], r[1].float() if False else
-                                                                               _true_div(s, lp, f, k, e), r[2]))(
-        beam_learner(s, lp, f, k, e)), "parent came out as a float"),
-    Wrong("token = flat index", lambda s, lp, f, k, e: (lambda r: (r[0], r[1], r[1] * lp.shape[1] + r[2]))(
-        beam_learner(s, lp, f, k, e)), "token is the flat index"),
-]
-
-
 def _eos_cost(s, lp, f, k, e):
     cand = lp.clone()
     keep = cand[:, e].clone()
@@ -269,6 +247,30 @@ def _true_div(s, lp, f, k, e):
     cand[f, e] = 0.0
     _, idx = (s[:, None] + cand).flatten().topk(k)
     return idx / lp.shape[1]
+
+
+def _worst(s, lp, f, k, e):
+    cand = lp.clone()
+    cand[f] = float("-inf")
+    cand[f, e] = 0.0
+    top, idx = (s[:, None] + cand).flatten().topk(k, largest=False)
+    return top, idx // lp.shape[1], idx % lp.shape[1]
+
+
+WRONG_BEAMS = [
+    Wrong("adds probabilities", beam_variant(add_probs=True), "added probabilities"),
+    Wrong("best token per beam (no flattening)", beam_variant(per_row=True), "each beam kept its own best token"),
+    Wrong("extends finished beams", beam_variant(extend_finished=True), "finished beams were extended"),
+    Wrong("parent = index % n", beam_variant(parent_mod_n=True), "unravelled wrongly"),
+    Wrong("parent and token swapped", beam_variant(swap=True), "parent and token are swapped"),
+    Wrong("scores not added", lambda s, lp, f, k, e: beam_learner(torch.zeros_like(s), lp, f, k, e), "not added"),
+    Wrong("the worst candidates", _worst, "WORST candidates"),
+    Wrong("finished beams keep their <eos> cost", _eos_cost, "paid for its <eos> again"),
+    Wrong("true division for the parent", lambda s, lp, f, k, e: (lambda r: (r[0], _true_div(s, lp, f, k, e), r[2]))(
+        beam_learner(s, lp, f, k, e)), "parent came out as a float"),
+    Wrong("token = flat index", lambda s, lp, f, k, e: (lambda r: (r[0], r[1], r[1] * lp.shape[1] + r[2]))(
+        beam_learner(s, lp, f, k, e)), "token is the flat index"),
+]
 
 
 RIGHT_BEAMS = [
