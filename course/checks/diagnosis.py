@@ -1,22 +1,27 @@
 """Hints for failures the engine reports only as "values differ", a wrong shape or a wrong dtype.
 
 :func:`evaluate` runs :func:`course.checks.core.evaluate_function` and, when the learner's answer is
-wrong and no known mistake was named, looks again at the first failing case:
+wrong, looks again at the first failing case, in this order:
 
-1. a known mistake whose output has the learner's (wrong) shape or dtype, not only its values;
-2. the structure of the difference: NaN or inf where the answer is finite, all zeros, a transpose,
-   a constant factor, a constant shift, a shift by one position along an axis, an axis that grew by
-   broadcasting (a reduction without ``keepdim=True``), right for the first example of a batch only,
-   wrong only at the first or last index of an axis, or (for ids and masks) where the first
-   difference is;
+1. a known mistake that gives the learner's answers on every case up to the failing one (so one
+   that merely coincides on the failing case is not blamed), whatever the shape or dtype; when
+   several do, the later cases choose between them. This replaces the engine's pick, which looks at
+   the failing case alone;
+2. NaN or inf where the answer is finite, with the exercise's own reading of it (``nonfinite_hint``:
+   an exp() that overflowed, a row with nothing left);
 3. a checker's own ``locate(args, name, got, want)``, which says where the answer is wrong in the
-   exercise's terms (only the tokens tied at the k-th value, only at distance w, ...).
+   exercise's terms (only the tokens tied at the k-th value, only at distance w, ...);
+4. the generic structure of the difference: a wrong shape explained (swapped axes, a lost or extra
+   size-1 axis, an axis grown by broadcasting), all zeros, a transpose, a constant factor, a constant
+   shift, a shift by one position along an axis, right only at index 0 of dim 0 (the first example
+   of a batch), wrong only at the first or last index of an axis, or, for ids and masks, where the
+   first difference is.
 
-The diagnosis never changes a verdict: if it fails itself, the engine's line stands.
+The diagnosis never changes a verdict, and if it fails itself the engine's line stands.
 
-These helpers are generic; they belong in ``core.py`` and move there once the engine's rework
-(time limits, NaN and dtype naming) has landed. Until then lessons 06-11's checkers call
-:func:`evaluate` instead of ``evaluate_function``.
+These helpers are generic: they belong in ``core.py`` and move there once the engine's rework (time
+limits, NaN and dtype naming) has landed. Until then lessons 06-11's checkers call :func:`check` or
+:func:`evaluate` instead of ``check_function`` or ``evaluate_function``.
 """
 from __future__ import annotations
 
@@ -107,7 +112,7 @@ def _explain(fn, reference, cases, mistakes, names, atol, rtol, nonfinite_hint, 
     seen: list[tuple[tuple, Any]] = []      # (args, the learner's output), case by case
     failing = None
     later = iter(enumerate(cases))
-    for i, args in later:
+    for _, args in later:
         want = reference(*_clone(args))
         given = _clone(args)
         try:
