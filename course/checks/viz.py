@@ -1,9 +1,22 @@
-"""Checkers for lesson 10 (seeing attention): attention rollout, the "it" referent share, the best head."""
+"""Checkers for lesson 10 (seeing attention): attention rollout, the "it" referent share, the best head.
+
+The boundaries: for the rollout a single layer and a cropped attention map whose rows do not sum to 1
+(the instructions renormalise the rows, which only then matters); for the referent share a tie
+between the right and the wrong noun (a tie is not "more weight"); for the best head ties across
+layers and within a layer (the instructions define the tie rule: lowest layer, then lowest head),
+all scores negative (a search that starts from 0 finds nothing), a single layer and a single head.
+The best head must come back as two Python ints: the checker reads the pair itself, so an index
+that is a float or a tensor gets its own message instead of being cast into a right answer.
+"""
 from __future__ import annotations
+
+from numbers import Integral
 
 import torch
 
-from .core import CheckResult, Mistake, check_function
+from ..utils import describe_exception
+from .core import FAILED, NOT_ATTEMPTED, PASSED, CheckResult, Mistake, report
+from .diagnosis import check
 
 
 def _stochastic(*shape: int, seed: int) -> torch.Tensor:
@@ -48,20 +61,67 @@ def _rollout_max_heads(a):
     return out
 
 
+def _rollout_not_renormalised(a):
+    per = 0.5 * a.mean(1) + 0.5 * torch.eye(a.shape[-1])
+    out = torch.eye(a.shape[-1])
+    for layer in per:
+        out = layer @ out
+    return out
+
+
+def _rollout_over_layers(a):
+    per = 0.5 * a.mean(0) + 0.5 * torch.eye(a.shape[-1])
+    per = per / per.sum(-1, keepdim=True)
+    out = torch.eye(a.shape[-1])
+    for layer in per:
+        out = layer @ out
+    return out
+
+
+def _rollout_first_twice(a):
+    per = 0.5 * a.mean(1) + 0.5 * torch.eye(a.shape[-1])
+    per = per / per.sum(-1, keepdim=True)
+    out = per[0]
+    for layer in per:
+        out = layer @ out
+    return out
+
+
+def _rollout_columns(a):
+    per = 0.5 * a.mean(1) + 0.5 * torch.eye(a.shape[-1])
+    per = per / per.sum(-2, keepdim=True)
+    out = torch.eye(a.shape[-1])
+    for layer in per:
+        out = layer @ out
+    return out
+
+
 ROLLOUT_MISTAKES = [
     Mistake("the residual is missing: use (A + I) / 2 for each layer before multiplying", _rollout_no_residual),
     Mistake("the layers are multiplied in the wrong order: the later layer goes on the left (R = A_L @ ... @ A_1)",
             _rollout_wrong_order),
     Mistake("only the last layer is used: multiply every layer's matrix", _rollout_last_layer_only),
     Mistake("heads are combined with max: average them (mean over dim 1)", _rollout_max_heads),
+    Mistake("the rows are not renormalised: after (A + I) / 2, divide each row by its sum (a cropped map's rows "
+            "do not sum to 1)", _rollout_not_renormalised),
+    Mistake("averaged over the layers (dim 0): the heads are dim 1, attentions.mean(1) gives one [seq, seq] per layer",
+            _rollout_over_layers),
+    Mistake("the first layer is counted twice: start the product from the identity, R = I, then R = A' @ R for "
+            "every layer", _rollout_first_twice),
+    Mistake("renormalised the columns: divide each ROW by its sum, sum(-1, keepdim=True)", _rollout_columns),
 ]
+
+
+def _rollout_cases() -> list[tuple]:
+    cropped = _stochastic(2, 3, 7, 7, seed=5)[..., 1:6, 1:6]          # rows of a cropped map do not sum to 1
+    return [(_stochastic(2, 2, 3, 3, seed=0),), (_stochastic(3, 4, 5, 5, seed=1),), (_stochastic(1, 1, 4, 4, seed=2),),
+            (cropped,)]
 
 
 def check_rollout(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(attentions [layers, heads, s, s]) -> rollout [s, s]``."""
-    cases = [(_stochastic(2, 2, 3, 3, seed=0),), (_stochastic(3, 4, 5, 5, seed=1),), (_stochastic(1, 1, 4, 4, seed=2),)]
-    return check_function("attention rollout", fn, reference_rollout, cases, mistakes=ROLLOUT_MISTAKES,
-                          atol=1e-5, strict=strict)
+    return check("attention rollout", fn, reference_rollout, _rollout_cases(), mistakes=ROLLOUT_MISTAKES,
+                 atol=1e-5, strict=strict)
 
 
 def reference_referent_share(weights, it_pos, right_pos, wrong_pos) -> torch.Tensor:
@@ -91,8 +151,22 @@ def _share_cases() -> list[tuple]:
     wrong = torch.tensor([2, 3, 1, 0, 0, 5, 1, 2])
     # make "it" in example 0 look hardest at a token that is neither noun, and column != row
     w[0, 3] = torch.tensor([0.05, 0.25, 0.10, 0.5, 0.05, 0.05])
+    tied = _stochastic(4, 5, 5, seed=6)
+    tied[0, 4] = torch.tensor([0.3, 0.3, 0.1, 0.1, 0.2])     # right (0) and wrong (1) tie: not "more weight"
+    tied[2, 3] = torch.tensor([0.1, 0.25, 0.25, 0.2, 0.2])   # right (2) and wrong (1) tie
     return [(w, it, right, wrong), (_stochastic(5, 7, 7, seed=4), torch.tensor([6, 5, 4, 3, 2]),
-                                    torch.tensor([0, 1, 2, 0, 1]), torch.tensor([1, 0, 0, 1, 0]))]
+                                    torch.tensor([0, 1, 2, 0, 1]), torch.tensor([1, 0, 0, 1, 0])),
+            (tied, torch.tensor([4, 2, 3, 1]), torch.tensor([0, 0, 2, 4]), torch.tensor([1, 4, 1, 0]))]
+
+
+def _share_compare(weights, it_pos, right_pos, wrong_pos, compare):
+    b = torch.arange(len(it_pos))
+    rows = weights[b, it_pos]
+    return compare(rows[b, right_pos], rows[b, wrong_pos]).float().mean()
+
+
+def _share_all_pairs(weights, it_pos, right_pos, wrong_pos):
+    return (weights[:, it_pos, right_pos] > weights[:, it_pos, wrong_pos]).float().mean()
 
 
 SHARE_MISTAKES = [
@@ -100,13 +174,22 @@ SHARE_MISTAKES = [
     Mistake("compare the right noun with the wrong noun only, not with every token (no argmax over the row)",
             _share_argmax),
     Mistake("return the share (a mean between 0 and 1), not the count", _share_count),
+    Mistake("a tie counted as a win: the right noun must get MORE weight than the wrong one (>, not >=)",
+            lambda *a: _share_compare(*a, torch.ge)),
+    Mistake("compared the wrong way round: count the examples where the RIGHT noun gets more weight than the wrong one",
+            lambda *a: _share_compare(*a, torch.lt)),
+    Mistake("paired every example with every example's positions: weights[:, it_pos, right_pos] is [b, b]; index "
+            "the batch too, weights[torch.arange(b), it_pos, right_pos]", _share_all_pairs),
 ]
+
+SHARE_BOOL_MEAN = ("could not infer output dtype", "the comparison gives booleans: turn them into numbers before the "
+                   "mean, (right > wrong).float().mean()")
 
 
 def check_referent_share(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(weights [b, s, s], it_pos, right_pos, wrong_pos) -> share`` (0-dim tensor)."""
-    return check_function("referent share", fn, reference_referent_share, _share_cases(), mistakes=SHARE_MISTAKES,
-                          atol=1e-6, strict=strict)
+    return check("referent share", fn, reference_referent_share, _share_cases(), mistakes=SHARE_MISTAKES,
+                 exception_hints=[SHARE_BOOL_MEAN], atol=1e-6, strict=strict)
 
 
 def reference_best_head(scores) -> tuple[int, int]:
@@ -129,23 +212,151 @@ def _best_head_divides_by_layers(scores):
     return flat // scores.shape[0], flat % scores.shape[0]
 
 
+def _best_head_last_on_tie(scores):
+    best, where = None, None
+    for layer in range(scores.shape[0]):
+        for head in range(scores.shape[1]):
+            if best is None or scores[layer, head] >= best:
+                best, where = scores[layer, head], (layer, head)
+    return where
+
+
+def _best_head_heads_first(scores):
+    best, where = None, None
+    for head in range(scores.shape[1]):
+        for layer in range(scores.shape[0]):
+            if best is None or scores[layer, head] > best:
+                best, where = scores[layer, head], (layer, head)
+    return where
+
+
+def _best_head_from_zero(scores):
+    best, where = 0.0, (0, 0)
+    for layer in range(scores.shape[0]):
+        for head in range(scores.shape[1]):
+            if scores[layer, head] > best:
+                best, where = scores[layer, head], (layer, head)
+    return where
+
+
 BEST_HEAD_MISTAKES = [
     Mistake("(layer, head) came back swapped: the row index is the layer, the column the head", _best_head_swapped),
     Mistake("that is the lowest score: use argmax, not argmin", _best_head_worst),
     Mistake("to turn a flat index into (layer, head), divide by the number of heads (scores.shape[1])",
             _best_head_divides_by_layers),
+    Mistake("on a tie you kept the LAST maximum: the lowest layer wins, then the lowest head (a strict > keeps "
+            "the first; torch.argmax returns the first too)", _best_head_last_on_tie),
+    Mistake("on a tie you searched head by head: the lowest LAYER wins first, then the lowest head (go through the "
+            "layers in the outer loop, or argmax of the flattened table)", _best_head_heads_first),
+    Mistake("the search started from a best score of 0: when every score is negative nothing beats it; start from "
+            "the first score, or float('-inf')", _best_head_from_zero),
+    Mistake("counted from 1: layers and heads are 0-based indices", lambda s: tuple(i + 1 for i in reference_best_head(s))),
 ]
 
 
-def check_best_head(fn, strict: bool | None = None) -> CheckResult:
-    """Check ``fn(scores [layers, heads]) -> (layer, head)`` as ints."""
-    cases = [(torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.95, 0.7], [0.2, 0.3, 0.25, 0.0]]),),  # all hints differ
-             (torch.tensor([[0.5, 0.52, 0.4], [0.9, 0.1, 0.3]]),),
-             (torch.tensor([[0.1, 0.2, 0.3, 0.95], [0.5, 0.5, 0.5, 0.5]]),),
-             (torch.tensor([[0.2, 0.3], [0.4, 0.1], [0.6, 0.99]]),)]
-    def as_tensor(f):
-        return lambda s: torch.tensor([int(v) for v in f(s)])
+def _best_head_cases() -> list[torch.Tensor]:
+    return [torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.95, 0.7], [0.2, 0.3, 0.25, 0.0]]),  # all hints differ
+            torch.tensor([[0.5, 0.52, 0.4], [0.9, 0.1, 0.3]]),
+            torch.tensor([[0.1, 0.2, 0.3, 0.95], [0.5, 0.5, 0.5, 0.5]]),
+            torch.tensor([[0.2, 0.3], [0.4, 0.1], [0.6, 0.99]]),
+            torch.tensor([[0.1, 0.9, 0.3], [0.9, 0.2, 0.9]]),          # a tie across layers: (0, 1)
+            torch.tensor([[0.2, 0.7, 0.7, 0.1], [0.3, 0.5, 0.6, 0.65]]),  # a tie within a layer: (0, 1)
+            torch.tensor([[-0.5, -0.2], [-0.3, -0.9], [-0.25, -0.7]]),  # every score negative
+            torch.tensor([[0.3, 0.1, 0.8, 0.2, 0.5]]),                  # one layer
+            torch.tensor([[0.2], [0.9], [0.4]])]                        # one head
 
-    mistakes = [Mistake(m.hint, as_tensor(m.fn)) for m in BEST_HEAD_MISTAKES]
-    return check_function("best head", as_tensor(fn), as_tensor(reference_best_head), cases, mistakes=mistakes,
-                          atol=0, strict=strict)
+
+def _as_pair(value) -> tuple[tuple[int, int] | None, str | None]:
+    """The learner's answer as (layer, head) of ints, or a problem in words; never casts a float or a tensor."""
+    if value is None:
+        return None, "returned None: return (layer, head) (is the `return` missing?)"
+    if isinstance(value, torch.Tensor):
+        return None, (f"returned a tensor of shape {tuple(value.shape)}: return a tuple of two Python ints, "
+                      "(int(layer), int(head))")
+    if not isinstance(value, (tuple, list)):
+        return None, f"returned {type(value).__name__} {value!r}: return a pair (layer, head)"
+    if len(value) != 2:
+        return None, f"returned {len(value)} values: return two, (layer, head)"
+    pair = []
+    for name, v in zip(("layer", "head"), value):
+        if isinstance(v, bool) or not isinstance(v, Integral):
+            if isinstance(v, torch.Tensor):
+                return None, f"{name} is a tensor: return Python ints, int({name}) or {name}.item()"
+            if isinstance(v, float):
+                return None, (f"{name} is a float ({v!r}): the row of a flat index is index // heads (floor "
+                              "division gives an int); return Python ints")
+            return None, f"{name} is {type(v).__name__} {v!r}: return Python ints"
+        pair.append(int(v))
+    return (pair[0], pair[1]), None
+
+
+def _show(scores: torch.Tensor) -> str:
+    text = str([[round(v, 4) for v in row] for row in scores.tolist()])
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def evaluate_best_head(fn) -> CheckResult:
+    """The best-head checker's verdict, without printing (see :func:`check_best_head`)."""
+    exercise = "best head"
+    if not callable(fn):
+        return CheckResult(exercise, FAILED, f"expected a function, got {type(fn).__name__}; pass the function "
+                           "itself, without calling it")
+    cases = _best_head_cases()
+    seen: list[tuple[torch.Tensor, tuple[int, int]]] = []
+    for i, scores in enumerate(cases):
+        where = f"case {i + 1} of {len(cases)}: scores {_show(scores)}"
+        given = scores.clone()
+        try:
+            got = fn(given)
+        except NotImplementedError:
+            return CheckResult(exercise, NOT_ATTEMPTED, "not attempted yet: replace `raise NotImplementedError()` "
+                               "with your code, then run this cell again")
+        except Exception as exc:  # the learner's code may raise anything: one line
+            return CheckResult(exercise, FAILED, f"your function raised {describe_exception(exc)} ({where})")
+        if not torch.equal(given, scores):
+            return CheckResult(exercise, FAILED, "your function changed its input in place; work on a copy instead")
+        pair, problem = _as_pair(got)
+        if problem:
+            return CheckResult(exercise, FAILED, f"{problem} ({where}).")
+        seen.append((scores, pair))
+        want = reference_best_head(scores)
+        if pair == want:
+            continue
+        hint = _best_head_hint(fn, seen, cases[i + 1:])
+        if hint is None and 0 <= pair[0] < scores.shape[0] and 0 <= pair[1] < scores.shape[1] \
+                and scores[pair] == scores[want]:
+            hint = "that score ties the best one: on a tie the lowest layer wins, then the lowest head"
+        text = f"you returned {pair}, expected {want} ({where})."
+        return CheckResult(exercise, FAILED, f"{hint}: {text}" if hint else text)
+    return CheckResult(exercise, PASSED, f"correct on {len(cases)} case(s).")
+
+
+def _best_head_hint(fn, seen, later) -> str | None:
+    """The first mistake that gives the learner's answers on every case so far; when several do, the later
+    cases choose between them."""
+    candidates = [m for m in BEST_HEAD_MISTAKES if _fits(m, seen)]
+    for scores in later:
+        if len(candidates) < 2:
+            break
+        try:
+            pair, problem = _as_pair(fn(scores.clone()))
+        except Exception:
+            break
+        fits = [m for m in candidates if problem is None and _fits(m, [(scores, pair)])]
+        if not fits:
+            break
+        candidates = fits
+    return candidates[0].hint if candidates else None
+
+
+def _fits(mistake: Mistake, seen) -> bool:
+    try:
+        return all(tuple(int(v) for v in mistake.fn(s.clone())) == pair for s, pair in seen)
+    except Exception:
+        return False
+
+
+def check_best_head(fn, strict: bool | None = None) -> CheckResult:
+    """Check ``fn(scores [layers, heads]) -> (layer, head)``, two Python ints; on a tie the lowest layer, then
+    the lowest head."""
+    return report(evaluate_best_head(fn), strict=strict)

@@ -9,16 +9,20 @@ import torch
 from checker_assertions import assert_fails_with
 from course.checks.core import NOT_ATTEMPTED, PASSED
 from course.checks.seq2seq import (
+    BEAM_STEP_MISTAKES,
+    CROSS_ATTENTION_MISTAKES,
+    LENGTH_MISTAKES,
+    SHIFT_MISTAKES,
     check_beam_step,
     check_cross_attention,
     check_length_normalise,
     check_shift_targets,
+    reference_cross_attention,
 )
+from learner_library import Right, Wrong, case_id, right_cases, wrong_cases
 
 
 pytestmark = pytest.mark.usefixtures("lenient_checks")
-
-
 
 
 def _not_attempted(*args):
@@ -39,28 +43,43 @@ def shift_learner(target, bos_id, eos_id):
     return torch.cat([bos, target]), torch.cat([target, eos])
 
 
-WRONG_SHIFTS = {
-    "no shift, both start with bos": (lambda t, b, e: (torch.cat([torch.tensor([b]), t]),) * 2, "no shift"),
-    "no shift, both end with eos": (lambda t, b, e: (torch.cat([t, torch.tensor([e])]),) * 2, "no shift"),
-    "shifted the wrong way": (lambda t, b, e: (torch.cat([t, torch.tensor([e])]), torch.cat([torch.tensor([b]), t])),
-                              "shifted the wrong way"),
-    "bos and eos swapped": (lambda t, b, e: (torch.cat([torch.tensor([e]), t]), torch.cat([t, torch.tensor([b])])),
-                            "swapped"),
-    "hard-coded ids 1 and 2": (lambda t, b, e: shift_learner(t, 1, 2), "values differ"),
-    "labels without eos (drops last input)": (lambda t, b, e: (torch.cat([torch.tensor([b]), t[:-1]]), t),
-                                             "lack <eos>"),
-    "labels without eos": (lambda t, b, e: (torch.cat([torch.tensor([b]), t]), t), "lack <eos>"),
-}
+def shift_by_digits(target, bos_id, eos_id):
+    """A string trick: one character per id (breaks on ids of two digits)."""
+    text = str(bos_id) + "".join(str(t) for t in target.tolist())
+    tgt_in = torch.tensor([int(c) for c in text])
+    return tgt_in, torch.cat([tgt_in[1:], torch.tensor([eos_id])])
 
 
-def test_correct_shift_passes():
-    assert check_shift_targets(shift_learner).status == PASSED
+WRONG_SHIFTS = [
+    Wrong("no shift, both start with bos", lambda t, b, e: (torch.cat([torch.tensor([b]), t]),) * 2, "no shift"),
+    Wrong("no shift, both end with eos", lambda t, b, e: (torch.cat([t, torch.tensor([e])]),) * 2, "no shift"),
+    Wrong("shifted the wrong way", lambda t, b, e: (torch.cat([t, torch.tensor([e])]), torch.cat([torch.tensor([b]), t])),
+          "shifted the wrong way"),
+    Wrong("bos and eos swapped", lambda t, b, e: (torch.cat([torch.tensor([e]), t]), torch.cat([t, torch.tensor([b])])),
+          "swapped"),
+    Wrong("hard-coded ids 1 and 2", lambda t, b, e: shift_learner(t, 1, 2), "hard-coded as 1 and 2"),
+    Wrong("labels without eos (drops last input)", lambda t, b, e: (torch.cat([torch.tensor([b]), t[:-1]]), t),
+          "lack <eos>"),
+    Wrong("labels without eos", lambda t, b, e: (torch.cat([torch.tensor([b]), t]), t), "lack <eos>"),
+    Wrong("the LM shift inside the target", lambda t, b, e: (torch.cat([torch.tensor([b]), t])[:-1],
+                                                             torch.cat([t, torch.tensor([e])])[1:]),
+          "shifted inside the target"),
+    Wrong("labels skip the first token", lambda t, b, e: (torch.cat([torch.tensor([b]), t]),
+                                                          torch.cat([t[1:], torch.tensor([e])])), "skip the first"),
+    Wrong("tgt_in drops the last token", lambda t, b, e: (torch.cat([torch.tensor([b]), t[:-1]]),
+                                                          torch.cat([t, torch.tensor([e])])), "drops the last"),
+    Wrong("one character per id", shift_by_digits, "shape"),
+    Wrong("float ids", lambda t, b, e: tuple(x.float() for x in shift_learner(t, b, e)), "dtype torch.float32"),
+]
 
-
-@pytest.mark.parametrize("name", list(WRONG_SHIFTS))
-def test_each_wrong_shift_fails_with_its_hint(name):
-    fn, words = WRONG_SHIFTS[name]
-    assert_fails_with(check_shift_targets(fn), words)
+RIGHT_SHIFTS = [
+    Right("torch.cat", shift_learner),
+    Right("new_tensor", lambda t, b, e: (torch.cat([t.new_tensor([b]), t]), torch.cat([t, t.new_tensor([e])]))),
+    Right("F.pad", lambda t, b, e: (torch.nn.functional.pad(t, (1, 0), value=b), torch.nn.functional.pad(t, (0, 1), value=e))),
+    Right("lists", lambda t, b, e: (torch.tensor([b] + t.tolist()), torch.tensor(t.tolist() + [e]))),
+    Right("one sequence, two slices", lambda t, b, e: (lambda full: (full[:-1], full[1:]))(
+        torch.cat([torch.tensor([b]), t, torch.tensor([e])]))),
+]
 
 
 # ------------------------------------------------------------------------------ cross-attention
@@ -85,31 +104,78 @@ def cross_learner(x, memory, w_q, w_k, w_v, memory_mask, *, q_from_memory=False,
     return weights @ v, weights
 
 
-WRONG_CROSS = {
-    "queries from the encoder": (dict(q_from_memory=True), "queries come from the encoder"),
-    "causal mask on cross-attention": (dict(causal=True), "causal mask on cross-attention"),
-    "padding not masked": (dict(use_mask=False), "padding is not masked"),
-    "no scale": (dict(scale=False), "sqrt(d_k)"),
-    "softmax over queries": (dict(dim=1), "wrong axis"),
-    "mask after softmax": (dict(mask_after=True), "after the softmax"),
-}
+def cross_variant(**kwargs):
+    return lambda *a: cross_learner(*a, **kwargs)
 
 
-def test_correct_cross_attention_passes_including_a_large_negative_fill():
-    assert check_cross_attention(cross_learner).status == PASSED
+def cross_manual_softmax(shift):
+    def attend(x, memory, w_q, w_k, w_v, mask):
+        scores = (x @ w_q) @ (memory @ w_k).transpose(1, 2) / math.sqrt(x.shape[-1])
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        e = torch.exp(scores - shift(scores))
+        w = e / e.sum(-1, keepdim=True)
+        return w @ (memory @ w_v), w
+    return attend
 
 
-@pytest.mark.parametrize("name", list(WRONG_CROSS))
-def test_each_wrong_cross_attention_fails_with_its_hint(name):
-    kwargs, words = WRONG_CROSS[name]
-    assert_fails_with(check_cross_attention(lambda *a: cross_learner(*a, **kwargs)), words)
+def cross_loop(x, memory, w_q, w_k, w_v, mask):
+    outs, weights = [], []
+    for i in range(x.shape[0]):
+        k, v = memory[i][mask[i]] @ w_k, memory[i][mask[i]] @ w_v       # real source tokens only
+        w_real = torch.softmax((x[i] @ w_q) @ k.T / math.sqrt(x.shape[-1]), dim=-1)
+        w = torch.zeros(x.shape[1], memory.shape[1])
+        w[:, mask[i]] = w_real
+        outs.append(w_real @ v)
+        weights.append(w)
+    return torch.stack(outs), torch.stack(weights)
 
 
-def test_keys_and_values_swapped_is_named():
-    def swapped(x, memory, w_q, w_k, w_v, mask):
-        return cross_learner(x, memory, w_q, w_v, w_k, mask)
+def cross_sdpa(x, memory, w_q, w_k, w_v, mask):
+    q, k, v = x @ w_q, memory @ w_k, memory @ w_v
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, :])
+    w = torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~mask[:, None, :], -torch.inf), -1)
+    return out, w
 
-    assert_fails_with(check_cross_attention(swapped), "keys and values are swapped")
+
+WRONG_CROSS = [
+    Wrong("queries from the encoder", cross_variant(q_from_memory=True), "queries come from the encoder"),
+    Wrong("causal mask on cross-attention", cross_variant(causal=True), "causal mask on cross-attention"),
+    Wrong("padding not masked", cross_variant(use_mask=False), "padding is not masked"),
+    Wrong("no scale", cross_variant(scale=False), "sqrt(d_k)"),
+    Wrong("softmax over queries", cross_variant(dim=1), "wrong axis"),
+    Wrong("mask after softmax", cross_variant(mask_after=True), "after the softmax"),
+    Wrong("keys and values swapped", lambda x, m, wq, wk, wv, mask: cross_learner(x, m, wq, wv, wk, mask),
+          "keys and values are swapped"),
+    Wrong("values not projected", lambda x, m, wq, wk, wv, mask: cross_learner(x, m, wq, wk, torch.eye(x.shape[-1]), mask),
+          "values are not projected"),
+    Wrong("self-attention on x", lambda x, m, wq, wk, wv, mask: cross_learner(
+        x, x, wq, wk, wv, torch.ones(x.shape[:2], dtype=torch.bool)), "keys and values come from x"),
+    Wrong("divided by d", lambda x, m, wq, wk, wv, mask: cross_learner(x, m, wq / math.sqrt(x.shape[-1]), wk, wv, mask),
+          "divided by d"),
+    Wrong("mask inverted, -1e9 fill", lambda x, m, wq, wk, wv, mask: cross_learner(x, m, wq, wk, wv, ~mask), "inverted"),
+    Wrong("mask inverted, -inf fill", lambda x, m, wq, wk, wv, mask: reference_cross_attention(x, m, wq, wk, wv, ~mask), "inverted"),
+    Wrong("mask on the queries", lambda x, m, wq, wk, wv, mask: (lambda s: (torch.softmax(s, -1) @ (m @ wv),
+                                                                            torch.softmax(s, -1)))(
+        ((x @ wq) @ (m @ wk).transpose(1, 2) / math.sqrt(x.shape[-1])).masked_fill(~mask[:, :, None], -1e9)),
+          "one entry per KEY"),
+    Wrong("softmax without the max shift", cross_manual_softmax(lambda s: 0.0), "overflows above 88"),
+    Wrong("shifted by the mean of the real scores", cross_manual_softmax(
+        lambda s: torch.where(torch.isinf(s), 0.0, s).mean(-1, keepdim=True)), "overflows above 88"),
+    Wrong("a small fill, -50", lambda x, m, wq, wk, wv, mask: (lambda s: (torch.softmax(s, -1) @ (m @ wv),
+                                                                           torch.softmax(s, -1)))(
+        ((x @ wq) @ (m @ wk).transpose(1, 2) / math.sqrt(x.shape[-1])).masked_fill(~mask[:, None, :], -50.0)),
+          "padding keys get some weight"),
+]
+
+RIGHT_CROSS = [
+    Right("einsum with a -1e9 fill", cross_learner),
+    Right("the course's", lambda *a: reference_cross_attention(*a)),
+    Right("softmax with the row max shift", cross_manual_softmax(lambda s: s.max(-1, keepdim=True).values)),
+    Right("a loop over real source tokens", cross_loop),
+    Right("F.scaled_dot_product_attention for the output", cross_sdpa),
+    Right("float64 inside", lambda *a: tuple(t.float() for t in reference_cross_attention(
+        *[t.double() if t.is_floating_point() else t for t in a]))),
+]
 
 
 # ------------------------------------------------------------------------------ beam step
@@ -135,23 +201,133 @@ def beam_learner(scores, log_probs, finished, beam_size, eos_id, *, add_probs=Fa
     return (top, token, parent) if swap else (top, parent, token)
 
 
-WRONG_BEAMS = {
-    "adds probabilities": (dict(add_probs=True), "added probabilities"),
-    "best token per beam (no flattening)": (dict(per_row=True), "each beam kept its own best token"),
-    "extends finished beams": (dict(extend_finished=True), "finished beams were extended"),
-    "parent = index % n": (dict(parent_mod_n=True), "unravelled wrongly"),
-    "parent and token swapped": (dict(swap=True), "parent and token are swapped"),
+def beam_variant(**kwargs):
+    return lambda *a: beam_learner(*a, **kwargs)
+
+
+def beam_unravel(scores, log_probs, finished, k, eos):
+    lp = torch.where(finished[:, None], torch.full_like(log_probs, -torch.inf), log_probs)
+    lp[finished, eos] = 0.0
+    top, idx = (scores[:, None] + lp).view(-1).topk(k)
+    parent, token = torch.unravel_index(idx, lp.shape)
+    return top, parent, token
+
+
+def beam_sorted_list(scores, log_probs, finished, k, eos):
+    candidates = []
+    for i in range(log_probs.shape[0]):
+        if finished[i]:
+            candidates.append((float(scores[i]), i, eos))
+            continue
+        for t in range(log_probs.shape[1]):
+            candidates.append((float(scores[i] + log_probs[i, t]), i, t))
+    best = sorted(candidates, key=lambda c: -c[0])[:k]
+    return (torch.tensor([c[0] for c in best]), torch.tensor([c[1] for c in best]), torch.tensor([c[2] for c in best]))
+
+
+def beam_divmod(scores, log_probs, finished, k, eos):
+    cand = log_probs.masked_fill(finished[:, None], float("-inf"))
+    cand[:, eos] = torch.where(finished, torch.zeros_like(scores), log_probs[:, eos])
+    top, idx = (scores[:, None] + cand).reshape(-1).topk(k)
+    return top, torch.div(idx, log_probs.shape[1], rounding_mode="floor"), torch.remainder(idx, log_probs.shape[1])
+
+
+def _eos_cost(s, lp, f, k, e):
+    cand = lp.clone()
+    keep = cand[:, e].clone()
+    cand[f] = float("-inf")
+    cand[f, e] = keep[f]
+    top, idx = (s[:, None] + cand).flatten().topk(k)
+    return top, idx // lp.shape[1], idx % lp.shape[1]
+
+
+def _true_div(s, lp, f, k, e):
+    cand = lp.clone()
+    cand[f] = float("-inf")
+    cand[f, e] = 0.0
+    _, idx = (s[:, None] + cand).flatten().topk(k)
+    return idx / lp.shape[1]
+
+
+def _worst(s, lp, f, k, e):
+    cand = lp.clone()
+    cand[f] = float("-inf")
+    cand[f, e] = 0.0
+    top, idx = (s[:, None] + cand).flatten().topk(k, largest=False)
+    return top, idx // lp.shape[1], idx % lp.shape[1]
+
+
+WRONG_BEAMS = [
+    Wrong("adds probabilities", beam_variant(add_probs=True), "added probabilities"),
+    Wrong("best token per beam (no flattening)", beam_variant(per_row=True), "each beam kept its own best token"),
+    Wrong("extends finished beams", beam_variant(extend_finished=True), "finished beams were extended"),
+    Wrong("parent = index % n", beam_variant(parent_mod_n=True), "unravelled wrongly"),
+    Wrong("parent and token swapped", beam_variant(swap=True), "parent and token are swapped"),
+    Wrong("scores not added", lambda s, lp, f, k, e: beam_learner(torch.zeros_like(s), lp, f, k, e), "not added"),
+    Wrong("the worst candidates", _worst, "WORST candidates"),
+    Wrong("finished beams keep their <eos> cost", _eos_cost, "paid for its <eos> again"),
+    Wrong("true division for the parent", lambda s, lp, f, k, e: (lambda r: (r[0], _true_div(s, lp, f, k, e), r[2]))(
+        beam_learner(s, lp, f, k, e)), "parent came out as a float"),
+    Wrong("token = flat index", lambda s, lp, f, k, e: (lambda r: (r[0], r[1], r[1] * lp.shape[1] + r[2]))(
+        beam_learner(s, lp, f, k, e)), "token is the flat index"),
+]
+
+
+RIGHT_BEAMS = [
+    Right("a loop over beams", beam_learner),
+    Right("torch.unravel_index", beam_unravel),
+    Right("a sorted Python list", beam_sorted_list),
+    Right("torch.div and remainder", beam_divmod),
+]
+
+
+# ------------------------------------------------------------------------------ length penalty
+
+WRONG_LENGTHS = [
+    Wrong("multiplied", lambda s, n, a: s * n.float() ** a, "multiplied by the length penalty"),
+    Wrong("alpha ignored", lambda s, n, a: s / n.float(), "alpha is ignored"),
+    Wrong("power on the ratio", lambda s, n, a: (s / n.float()) ** a, "the power is applied to the score"),
+    Wrong("GNMT", lambda s, n, a: s / ((5.0 + n) / 6.0) ** a, "GNMT"),
+    Wrong("number of beams", lambda s, n, a: s / s.shape[0] ** a, "len(scores)"),
+    Wrong("floor division", lambda s, n, a: torch.floor(s / n ** a), "floor division"),
+    Wrong("alpha as a factor", lambda s, n, a: s / (a * n), "values differ"),
+]
+
+RIGHT_LENGTHS = [
+    Right("/ **", lambda s, n, a: s / n ** a),
+    Right("torch.pow", lambda s, n, a: s / torch.pow(n.to(s.dtype), a)),
+    Right("* n ** -alpha", lambda s, n, a: s * n.double() ** -a),
+    Right("exp and log", lambda s, n, a: s / torch.exp(a * torch.log(n.float()))),
+]
+
+
+LIBRARY = {
+    check_shift_targets: (WRONG_SHIFTS, RIGHT_SHIFTS),
+    check_cross_attention: (WRONG_CROSS, RIGHT_CROSS),
+    check_beam_step: (WRONG_BEAMS, RIGHT_BEAMS),
+    check_length_normalise: (WRONG_LENGTHS, RIGHT_LENGTHS),
 }
 
 
-def test_correct_beam_step_passes():
-    assert check_beam_step(beam_learner).status == PASSED
+@pytest.mark.parametrize("checker, wrong", wrong_cases(LIBRARY), ids=case_id)
+def test_each_learner_style_wrong_answer_fails_with_its_hint(checker, wrong):
+    assert_fails_with(checker(wrong.fn), wrong.words)
 
 
-@pytest.mark.parametrize("name", list(WRONG_BEAMS))
-def test_each_wrong_beam_step_fails_with_its_hint(name):
-    kwargs, words = WRONG_BEAMS[name]
-    assert_fails_with(check_beam_step(lambda *a: beam_learner(*a, **kwargs)), words)
+@pytest.mark.parametrize("checker, right", right_cases(LIBRARY), ids=case_id)
+def test_each_correct_variant_passes(checker, right):
+    result = checker(right.fn)
+    assert result.status == PASSED, result.line
+
+
+@pytest.mark.parametrize("checker, mistakes", [
+    (check_shift_targets, SHIFT_MISTAKES), (check_cross_attention, CROSS_ATTENTION_MISTAKES),
+    (check_beam_step, BEAM_STEP_MISTAKES), (check_length_normalise, LENGTH_MISTAKES)],
+    ids=["shift", "cross", "beam", "length"])
+def test_every_listed_mistake_is_diagnosed_with_its_own_hint(checker, mistakes):
+    for mistake in mistakes:
+        result = checker(mistake.fn)
+        assert not result.passed and mistake.hint in result.line, (mistake.hint, result.line)
 
 
 def test_dropping_finished_beams_is_named():
@@ -172,22 +348,3 @@ def test_topk_per_row_returns_the_wrong_shape_and_is_named():
         return top.flatten()[:k], torch.zeros(k, dtype=torch.long), tok.flatten()[:k]
 
     assert_fails_with(check_beam_step(per_row_topk), "flatten the [beams, vocab] candidate scores")
-
-
-# ------------------------------------------------------------------------------ length penalty
-
-WRONG_LENGTHS = {
-    "multiplied": (lambda s, n, a: s * n.float() ** a, "multiplied by the length penalty"),
-    "alpha ignored": (lambda s, n, a: s / n.float(), "alpha is ignored"),
-    "power on the ratio": (lambda s, n, a: (s / n.float()) ** a, "the power is applied to the score"),
-}
-
-
-def test_correct_length_normalise_passes():
-    assert check_length_normalise(lambda s, n, a: s / n ** a).status == PASSED
-
-
-@pytest.mark.parametrize("name", list(WRONG_LENGTHS))
-def test_each_wrong_length_normalise_fails_with_its_hint(name):
-    fn, words = WRONG_LENGTHS[name]
-    assert_fails_with(check_length_normalise(fn), words)

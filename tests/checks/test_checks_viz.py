@@ -1,12 +1,25 @@
 """Lesson 10's checkers: each wrong implementation, written as a learner would, gets its own hint."""
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import pytest
 import torch
 
 from checker_assertions import assert_fails_with
-from course.checks.core import NOT_ATTEMPTED
-from course.checks.viz import check_best_head, check_referent_share, check_rollout
+from course.checks.core import NOT_ATTEMPTED, PASSED
+from course.checks.viz import (
+    BEST_HEAD_MISTAKES,
+    ROLLOUT_MISTAKES,
+    SHARE_MISTAKES,
+    check_best_head,
+    check_referent_share,
+    check_rollout,
+    reference_referent_share,
+)
+from course.viz import attention_rollout
+from learner_library import Right, Wrong, case_id, right_cases, wrong_cases
 
 pytestmark = pytest.mark.usefixtures("lenient_checks")
 
@@ -27,44 +40,102 @@ def rollout_learner(attentions, *, residual=True, order="later-left", combine="m
     return result
 
 
-@pytest.mark.parametrize("kwargs, hint", [
-    (dict(residual=False), "the residual is missing"),
-    (dict(order="earlier-left"), "wrong order"),
-    (dict(layers="last"), "only the last layer"),
-    (dict(combine="max"), "combined with max"),
-])
-def test_rollout_checker_names_each_mistake(kwargs, hint):
-    assert_fails_with(check_rollout(lambda a: rollout_learner(a, **kwargs)), hint)
+def rollout_variant(**kwargs):
+    return lambda a: rollout_learner(a, **kwargs)
 
 
-def test_rollout_checker_accepts_a_correct_loop():
-    assert check_rollout(rollout_learner).passed
+def rollout_reduce(attentions):
+    per = attentions.mean(dim=1)
+    eye = torch.eye(per.shape[-1])
+    per = (per + eye) / 2
+    per = per / per.sum(-1, keepdim=True)
+    return functools.reduce(lambda acc, a: a @ acc, per, eye)
+
+
+def rollout_multi_dot(attentions):
+    per = attentions.double().mean(1) + torch.eye(attentions.shape[-1], dtype=torch.float64)
+    per = per / per.sum(-1, keepdim=True)
+    mats = list(per.flip(0))
+    return (torch.linalg.multi_dot(mats) if len(mats) > 1 else mats[0]).float()
+
+
+def rollout_no_renorm(attentions):
+    per = 0.5 * attentions.mean(1) + 0.5 * torch.eye(attentions.shape[-1])
+    out = torch.eye(attentions.shape[-1])
+    for a in per:
+        out = a @ out
+    return out
+
+
+WRONG_ROLLOUTS = [
+    Wrong("no residual", rollout_variant(residual=False), "the residual is missing"),
+    Wrong("earlier layer on the left", rollout_variant(order="earlier-left"), "wrong order"),
+    Wrong("last layer only", rollout_variant(layers="last"), "only the last layer"),
+    Wrong("max over heads", rollout_variant(combine="max"), "combined with max"),
+    Wrong("rows not renormalised", rollout_no_renorm, "not renormalised"),
+    Wrong("mean over layers", lambda a: rollout_learner(a.transpose(0, 1)), "averaged over the layers"),
+    Wrong("starts from the first layer", lambda a: rollout_learner(torch.cat([a[:1], a])), "counted twice"),
+    Wrong("A + I, no halving, no renormalising", lambda a: functools.reduce(
+        lambda acc, x: x @ acc, a.mean(1) + torch.eye(a.shape[-1]), torch.eye(a.shape[-1])), "times the answer"),
+    Wrong("transposed result", lambda a: rollout_learner(a).T, "transpose"),
+]
+
+RIGHT_ROLLOUTS = [
+    Right("a loop", rollout_learner),
+    Right("functools.reduce", rollout_reduce),
+    Right("multi_dot in float64, A + I renormalised", rollout_multi_dot),
+    Right("the course's", lambda a: attention_rollout(a)),
+]
 
 
 # ------------------------------------------------------------------------------------ referent share
 
-def share_learner(weights, it_pos, right_pos, wrong_pos, *, column=False, argmax=False, count=False):
+def share_learner(weights, it_pos, right_pos, wrong_pos, *, column=False, argmax=False, count=False, compare=None):
     wins = 0
     for b in range(len(it_pos)):
         row = weights[b, :, it_pos[b]] if column else weights[b, it_pos[b]]
         if argmax:
             wins += int(row.argmax() == right_pos[b])
+        elif compare is not None:
+            wins += int(compare(row[right_pos[b]], row[wrong_pos[b]]))
         else:
             wins += int(row[right_pos[b]] > row[wrong_pos[b]])
     return torch.tensor(float(wins) if count else wins / len(it_pos))
 
 
-@pytest.mark.parametrize("kwargs, hint", [
-    (dict(column=True), "you read a column"),
-    (dict(argmax=True), "no argmax over the row"),
-    (dict(count=True), "not the count"),
-])
-def test_referent_share_checker_names_each_mistake(kwargs, hint):
-    assert_fails_with(check_referent_share(lambda *a: share_learner(*a, **kwargs)), hint)
+def share_variant(**kwargs):
+    return lambda *a: share_learner(*a, **kwargs)
 
 
-def test_referent_share_checker_accepts_a_correct_loop():
-    assert check_referent_share(share_learner).passed
+def share_gather(weights, it_pos, right_pos, wrong_pos):
+    rows = weights.gather(1, it_pos[:, None, None].expand(-1, 1, weights.shape[-1]))[:, 0]
+    right, wrong = rows.gather(1, right_pos[:, None]), rows.gather(1, wrong_pos[:, None])
+    return (right > wrong).double().mean()
+
+
+WRONG_SHARES = [
+    Wrong("a column", share_variant(column=True), "you read a column"),
+    Wrong("argmax over the row", share_variant(argmax=True), "no argmax over the row"),
+    Wrong("the count", share_variant(count=True), "not the count"),
+    Wrong(">= counts ties", share_variant(compare=lambda r, w: r >= w), "a tie counted as a win"),
+    Wrong("compared the wrong way", share_variant(compare=lambda r, w: r < w), "compared the wrong way"),
+    Wrong("pairs across the batch", lambda w, i, r, x: (w[:, i, r] > w[:, i, x]).float().mean(),
+          "paired every example"),
+    Wrong("mean of booleans", lambda w, i, r, x: (w[torch.arange(len(i)), i, r] > w[torch.arange(len(i)), i, x]).mean(),
+          ".float().mean()"),
+    Wrong("a Python float", lambda *a: float(reference_referent_share(*a)), "torch.Tensor"),
+    Wrong("shape (1,)", lambda *a: reference_referent_share(*a).reshape(1), "extra size-1 axis"),
+    Wrong("share of the weight", lambda w, i, r, x: (w[torch.arange(len(i)), i, r] / (
+        w[torch.arange(len(i)), i, r] + w[torch.arange(len(i)), i, x])).mean(), "values differ"),
+]
+
+RIGHT_SHARES = [
+    Right("a loop", share_learner),
+    Right("the reference", reference_referent_share),
+    Right("gather, float64", share_gather),
+    Right("sum / len", lambda w, i, r, x: (w[torch.arange(len(i)), i, r] > w[torch.arange(len(i)), i, x]).sum()
+          / len(i)),
+]
 
 
 # ------------------------------------------------------------------------------------ best head
@@ -77,23 +148,82 @@ def best_head_learner(scores, *, swap=False, lowest=False, divide_by="heads"):
     return (head, layer) if swap else (layer, head)
 
 
-@pytest.mark.parametrize("kwargs, hint", [
-    (dict(swap=True), "came back swapped"),
-    (dict(lowest=True), "not argmin"),
-    (dict(divide_by="layers"), "divide by the number of heads"),
-])
-def test_best_head_checker_names_each_mistake(kwargs, hint):
-    assert_fails_with(check_best_head(lambda s: best_head_learner(s, **kwargs)), hint)
+def best_head_loops(scores, *, ge=False, heads_outer=False, start=None):
+    best, where = start, (0, 0)
+    pairs = [(l, h) for l in range(scores.shape[0]) for h in range(scores.shape[1])]
+    if heads_outer:
+        pairs.sort(key=lambda p: (p[1], p[0]))
+    for layer, head in pairs:
+        value = float(scores[layer, head])
+        if best is None or (value >= best if ge else value > best):
+            best, where = value, (layer, head)
+    return where
 
 
-def test_best_head_checker_accepts_a_correct_version_and_loops():
-    assert check_best_head(best_head_learner).passed
+WRONG_BEST_HEADS = [
+    Wrong("swapped", lambda s: best_head_learner(s, swap=True), "came back swapped"),
+    Wrong("argmin", lambda s: best_head_learner(s, lowest=True), "not argmin"),
+    Wrong("divided by layers", lambda s: best_head_learner(s, divide_by="layers"), "divide by the number of heads"),
+    Wrong(">= keeps the last maximum", lambda s: best_head_loops(s, ge=True), "kept the LAST maximum"),
+    Wrong("heads in the outer loop", lambda s: best_head_loops(s, heads_outer=True), "searched head by head"),
+    Wrong("starts from 0", lambda s: best_head_loops(s, start=0.0), "started from a best score of 0"),
+    Wrong("true division", lambda s: (int(s.flatten().argmax()) / s.shape[1] // 1, int(s.flatten().argmax()) % s.shape[1]),
+          "layer is a float"),
+    Wrong("floats from divmod of a float", lambda s: divmod(float(s.flatten().argmax()), s.shape[1]), "is a float"),
+    Wrong("tensors", lambda s: (s.flatten().argmax() // s.shape[1], s.flatten().argmax() % s.shape[1]),
+          "layer is a tensor"),
+    Wrong("one tensor", lambda s: torch.tensor(best_head_learner(s)), "returned a tensor"),
+    Wrong("the flat index", lambda s: int(s.flatten().argmax()), "return a pair"),
+    Wrong("forgot return", lambda s: None, "returned None"),
+    Wrong("1-based", lambda s: tuple(i + 1 for i in best_head_learner(s)), "counted from 1"),
+    Wrong("max over heads, then the last best layer", lambda s: (lambda v, i: (
+        int(len(v) - 1 - v.flip(0).argmax()), int(i[len(v) - 1 - v.flip(0).argmax()])))(*s.max(1)), "on a tie"),
+]
 
-    def by_loops(scores):
-        best = max((float(scores[i, j]), -i, -j) for i in range(scores.shape[0]) for j in range(scores.shape[1]))
-        return -best[1], -best[2]
+RIGHT_BEST_HEADS = [
+    Right("argmax and divmod", best_head_learner),
+    Right("loops with >", best_head_loops),
+    Right("max per layer, then argmax", lambda s: (lambda v, i: (int(v.argmax()), int(i[v.argmax()])))(*s.max(1))),
+    Right("torch.unravel_index", lambda s: tuple(int(t) for t in torch.unravel_index(s.argmax(), s.shape))),
+    Right("divmod", lambda s: divmod(int(s.argmax()), s.shape[1])),
+    Right("a list", lambda s: list(best_head_learner(s))),
+    Right("numpy", lambda s: tuple(np.unravel_index(int(np.argmax(s.numpy())), s.shape))),
+]
 
-    assert check_best_head(by_loops).passed
+
+LIBRARY = {
+    check_rollout: (WRONG_ROLLOUTS, RIGHT_ROLLOUTS),
+    check_referent_share: (WRONG_SHARES, RIGHT_SHARES),
+    check_best_head: (WRONG_BEST_HEADS, RIGHT_BEST_HEADS),
+}
+
+
+@pytest.mark.parametrize("checker, wrong", wrong_cases(LIBRARY), ids=case_id)
+def test_each_learner_style_wrong_answer_fails_with_its_hint(checker, wrong):
+    assert_fails_with(checker(wrong.fn), wrong.words)
+
+
+@pytest.mark.parametrize("checker, right", right_cases(LIBRARY), ids=case_id)
+def test_each_correct_variant_passes(checker, right):
+    result = checker(right.fn)
+    assert result.status == PASSED, result.line
+
+
+@pytest.mark.parametrize("checker, mistakes", [(check_rollout, ROLLOUT_MISTAKES), (check_referent_share, SHARE_MISTAKES),
+                                               (check_best_head, BEST_HEAD_MISTAKES)], ids=["rollout", "share", "best"])
+def test_every_listed_mistake_is_diagnosed_with_its_own_hint(checker, mistakes):
+    for mistake in mistakes:
+        result = checker(mistake.fn)
+        assert not result.passed and mistake.hint in result.line, (mistake.hint, result.line)
+
+
+def test_best_head_messages_name_the_case_and_the_tie_rule():
+    line = check_best_head(lambda s: best_head_loops(s, ge=True)).line
+    assert "you returned (1, 2), expected (0, 1)" in line and "case 5 of 9" in line and "\n" not in line
+
+
+def test_a_checker_given_a_value_instead_of_a_function_says_so():
+    assert "pass the function itself" in check_best_head((0, 1)).line
 
 
 def test_unattempted_exercises_say_so():
