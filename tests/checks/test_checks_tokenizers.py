@@ -221,5 +221,5 @@ def test_embedding_of_the_wrong_shape_gets_a_one_line_message():
 
 def test_embedding_of_the_wrong_type_gets_a_one_line_message():
     assert_fails_with(_run(check_one_hot_embedding, lambda ids, W: W[ids].numpy()), "should be a torch.Tensor")
-    # core.check_function reads a returned list as several outputs:
-    assert_fails_with(_run(check_one_hot_embedding, lambda ids, W: W[ids].tolist()), "returned 2 value(s)")
+    assert_fails_with(_run(check_one_hot_embedding, lambda ids, W: W[ids].tolist()),
+                      "output should be a torch.Tensor, got a list of 2 item(s)")
