@@ -516,21 +516,23 @@ def _outputs_match(got: Any, want: Any, names: Sequence[str], atol: float, rtol:
 # ----------------------------------------------------------------------------------------------
 
 def structural_hint(got: torch.Tensor, want: torch.Tensor, name: str = "output", atol: float = 1e-5,
-                    rtol: float = 1e-4) -> str | None:
+                    rtol: float = 1e-4, batch_first: bool | None = None) -> str | None:
     """Describe how ``got`` (same shape as ``want``, wrong values) relates to ``want``, or None.
 
     Tried in order: inverted (booleans), transposed, normalised over the wrong axis or not at all,
     off by a constant factor or offset, shifted by one position, reversed, right only for the first
     item along axis 0 (batch > 1), wrong only on the diagonal or at the start or end of one axis
-    (the boundary), the right numbers in the wrong places.
+    (the boundary), the right numbers in the wrong places. ``batch_first``: axis 0 is a batch (None:
+    taken to be one for outputs of 3 or more dimensions).
     """
     try:
-        return _structure(got.detach(), want.detach(), name, atol, rtol)
+        return _structure(got.detach(), want.detach(), name, atol, rtol, batch_first)
     except Exception:  # noqa: BLE001 - a hint is a bonus; never let it break the verdict
         return None
 
 
-def _structure(g: torch.Tensor, w: torch.Tensor, name: str, atol: float, rtol: float) -> str | None:
+def _structure(g: torch.Tensor, w: torch.Tensor, name: str, atol: float, rtol: float,
+               batch_first: bool | None = None) -> str | None:
     if g.shape != w.shape or g.numel() < 2:
         return None
     floating = w.is_floating_point()
@@ -572,7 +574,8 @@ def _structure(g: torch.Tensor, w: torch.Tensor, name: str, atol: float, rtol: f
     for axis in range(w.dim()):
         if w.shape[axis] >= 2 and not same(w, w.flip(axis)) and same(g, w.flip(axis)):
             return f"{name} is reversed along axis {axis}"
-    if w.dim() >= 3 and w.shape[0] >= 2 and not bool(wrong[0].any()):
+    batched = w.dim() >= 3 if batch_first is None else (batch_first and w.dim() >= 2)
+    if batched and w.shape[0] >= 2 and not bool(wrong[0].any()):
         return (f"{name} is right for the first item along axis 0 and wrong for the others: does your code "
                 "work for a batch (more than one item in front), or mix items, or use a size counted from "
                 "the front (x.shape[1]) that means something else when a batch is in front?")
@@ -659,7 +662,7 @@ def check_function(exercise: str, fn: Any, reference: Callable[..., Any], cases:
     """Check ``fn`` against ``reference`` on every case (a tuple of positional arguments) and print one line.
 
     ``options`` are :func:`evaluate_function`'s (``mistakes``, ``output_names``, ``atol``, ``rtol``,
-    ``time_limit``, ``context``, ``convert``); returns the :class:`CheckResult` (see :func:`report` for ``strict``).
+    ``time_limit``, ``context``, ``convert``, ``batch_first``); returns the :class:`CheckResult` (see :func:`report` for ``strict``).
     """
     return report(evaluate_function(exercise, fn, reference, cases, **options), strict=strict)
 
@@ -677,6 +680,7 @@ def evaluate_function(
     time_limit: float | None = None,
     context: Callable[[], Any] | None = None,
     convert: Callable[[Any], Any] | None = None,
+    batch_first: bool | None = None,
 ) -> CheckResult:
     """Run ``fn`` and ``reference`` on every case and compare (within ``atol``/``rtol``); on wrong values,
     name the first of ``mistakes`` whose output matches (preferring one that also agrees with the learner
@@ -685,6 +689,7 @@ def evaluate_function(
     ``time_limit``: seconds per case (default :func:`time_limit_s`). ``context``: a context manager
     factory the learner's call runs in (e.g. ``torch.no_grad``). ``convert``: applied to the learner's
     output before comparing (a failure there is reported as the checker's, with what the learner returned).
+    ``batch_first``: the outputs' axis 0 is a batch, also for 2-D outputs (default: for 3 or more dimensions).
     """
     if not callable(fn):
         return CheckResult(exercise, FAILED, f"expected a function, got {type(fn).__name__}; pass the function itself, without calling it")
@@ -721,11 +726,12 @@ def evaluate_function(
             seen.append((args, got))
             continue
         return CheckResult(exercise, FAILED, _failure_detail(problem, got, want, args, seen, mistakes, output_names,
-                                                             atol, rtol, where), max_error=problem.error)
+                                                             atol, rtol, where, batch_first), max_error=problem.error)
     return CheckResult(exercise, PASSED, f"correct on {len(cases)} case(s) (largest error {worst:.1e}).", max_error=worst)
 
 
-def _failure_detail(problem: _Problem, got, want, args, seen, mistakes, names, atol, rtol, where) -> str:
+def _failure_detail(problem: _Problem, got, want, args, seen, mistakes, names, atol, rtol, where,
+                    batch_first=None) -> str:
     """The learner's line for a failing case: a known mistake's hint, else a structural hint, else the
     bare difference; then the largest error (floating outputs) or the first difference (others)."""
     if problem.kind not in ("values", "nan"):
@@ -741,7 +747,7 @@ def _failure_detail(problem: _Problem, got, want, args, seen, mistakes, names, a
     if g.dtype != w.dtype and problem.error is not None:  # float16 for float32: the dtype is the likely cause
         text = hint or problem.text
     else:
-        text = hint or structural_hint(g, w, names[problem.output], atol, rtol) or problem.text
+        text = hint or structural_hint(g, w, names[problem.output], atol, rtol, batch_first) or problem.text
     if problem.error is None:  # token ids, masks: no "largest error", the first difference instead
         if text == problem.text:
             return f"{text}, {problem.first} ({where})."

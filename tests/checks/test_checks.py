@@ -485,6 +485,12 @@ def test_structural_hints_describe_the_error(got, want, words):
     assert hint is not None and words in hint, hint
 
 
+def test_a_2d_output_is_treated_as_a_batch_only_when_the_checker_says_so():
+    got = torch.cat([W[0, :1], W[0, 1:] + 1])  # row 0 right, the rest wrong: a batch bug, or rows 1.. of a table
+    assert "first item along axis 0" not in (structural_hint(got, W[0]) or "")
+    assert "first item along axis 0" in structural_hint(got, W[0], batch_first=True)
+
+
 def test_no_structural_hint_for_unrelated_values():
     assert structural_hint(torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)) is None
 
