@@ -798,6 +798,11 @@ def _normalise(value: Any, like: Any) -> tuple[Any, str | None]:
     if isinstance(like, Mapping):
         if not isinstance(value, Mapping):
             return None, f"should return a dict, got {type(value).__name__}"
+        if like and value:
+            want_key, got_key = next(iter(like)), next(iter(value))
+            if type(got_key) is not type(want_key):
+                return None, (f"the keys should be {type(want_key).__name__}s like {want_key!r}; yours are "
+                              f"{type(got_key).__name__}s like {got_key!r}")
         return {k: v for k, v in value.items() if v != 0}, None
     if isinstance(like, list):
         if isinstance(value, torch.Tensor) and value.dim() == 1:
