@@ -480,6 +480,10 @@ def _compare(got: Any, want: Any, names: Sequence[str], atol: float, rtol: float
     if problem:
         return problem
     got_t = _as_tuple(got) if isinstance(want, (tuple, list)) else (got,)
+    if len(want_t) == 2 and all(isinstance(t, torch.Tensor) for t in got_t + want_t):
+        shapes = [tuple(t.shape) for t in got_t]
+        if shapes != [tuple(t.shape) for t in want_t] and shapes[::-1] == [tuple(t.shape) for t in want_t]:
+            return _Problem("count", f"the two values are in the wrong order: return ({', '.join(names)})")
     for i, (name, g, w) in enumerate(zip(names, got_t, want_t)):
         problem = _check_tensor(name, g, w) or _nonfinite_problem(name, g, w) or _values_problem(name, g, w, atol, rtol)
         if problem:

@@ -365,6 +365,9 @@ def test_a_tuple_exercise_with_one_tensor_or_the_wrong_count_is_told_so():
                                                     "shifted): return them together, `return doubled, shifted`")
     assert_fails_with(_check_pair(lambda q: (q * 2, q + 1, q)), "returned 3 values, expected 2 (doubled, shifted)")
     assert _check_pair(lambda q: [q * 2, q + 1]).passed  # a list of the two is as good as a tuple
+    result = evaluate_function("pair", lambda q: (q.sum(), q), lambda q: (q, q.sum()), [(torch.ones(2),)],
+                               output_names=("x", "total"))
+    assert_fails_with(result, "the two values are in the wrong order: return (x, total)")
 
 
 def test_one_output_of_a_tuple_is_named_when_it_is_none_or_wrong():
