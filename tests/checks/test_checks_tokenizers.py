@@ -57,7 +57,9 @@ def pair_counts_as_text(ids):
 
 
 def pair_counts_forgets_return(ids):
-    counts = Counter(zip(ids, ids[1:]))  # noqa: F841
+    counts = {}
+    for pair in zip(ids, ids[1:]):
+        counts[pair] = counts.get(pair, 0) + 1
 
 
 WRONG_PAIR_COUNTS = [
