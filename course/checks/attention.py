@@ -10,7 +10,8 @@ The boundaries: seq_q != seq_k, batch > 1 and extra head axes; masks of every sh
 allow (a mixed [seq_q, seq_k] mask, a causal mask, right and left padding [batch, 1, 1, seq_k]), and
 scores far above 88, where a softmax written by hand overflows in float32 without the max shift or with
 the maximum taken over the wrong keys (the whole batch, or before the blocked keys were masked: one
-blocked key has a huge score). No query row is fully masked, so a -1e9 fill is as right as -inf.
+blocked key has a huge score), and a query whose allowed scores are all below -300 (a fill of -100 is
+not "minus infinity" there). No query row is fully masked, so a -1e9 fill is as right as -inf.
 ``tests/checks/test_checks_attention.py`` runs each mistake through its checker to prove it.
 """
 from __future__ import annotations
@@ -112,6 +113,8 @@ def _large_scores_case(g, mask: bool = False) -> tuple:
     v = torch.randn(2, 5, 3, generator=g)
     if not mask:
         return q, k, v
+    # Query 2 of the first item scores every allowed key below -300: a finite fill such as -100 outweighs them.
+    q[0, 2] *= 5.0
     # Key 4 is blocked for every query and gets a huge score: a maximum taken before masking picks it.
     k[:, 4] = q.sum(dim=1) * 3.0
     allowed = torch.tensor([[True, True, False, True, False], [False, True, True, True, False]])[:, None, :]
@@ -210,6 +213,10 @@ def _mask_times_minus_inf(q, k, v, mask):
     return w @ v, w
 
 
+_MASKED_SHAPES = ("the shapes do not line up: the scores are [..., seq_q, seq_k] (transpose only k's last two axes, "
+                  "k.transpose(-2, -1)), and the mask must broadcast against them as it is")
+_MASKED_AXES_HINTS = [("must match the size", _MASKED_SHAPES), ("out of range", _LAST_TWO),
+                      ("cannot be multiplied", _LAST_TWO)]
 _MASK_HINTS = [("Subtraction, the `-` operator, with a bool tensor",
                 "the mask is boolean: invert it with ~mask (not 1 - mask)"),
                ("expected a value of type", "fill with a Python float: scores.masked_fill(~mask, float('-inf'))")]
@@ -229,6 +236,8 @@ MASKED_MISTAKES = [
             lambda q, k, v, m: _mask_after_softmax(q, k, v, m, NEG_INF)),
     Mistake("masked scores set to 0: exp(0) = 1 still gives them weight; fill them with float('-inf')",
             lambda q, k, v, m: _masked(q, k, v, m, fill=0.0)),
+    Mistake("a finite fill such as -100 is not far enough below the real scores (here they go below -300): fill "
+            "with float('-inf')", lambda q, k, v, m: _masked(q, k, v, m, fill=-100.0)),
     Mistake("the mask is ignored: apply it with scores.masked_fill(~mask, float('-inf')) before the softmax",
             lambda q, k, v, m: _attend(q, k, v)),
     Mistake("missing scale: divide the scores by sqrt(d_k) before masking and softmax",
@@ -254,7 +263,7 @@ def check_masked_attention(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(q, k, v, mask) -> (output, weights)``; mask is bool, True = allowed, broadcastable to the scores."""
     result = evaluate_function("masked_attention", fn, lambda q, k, v, m: scaled_dot_product_attention(q, k, v, m),
                                _masked_cases(), mistakes=MASKED_MISTAKES, output_names=("output", "weights"))
-    return report(with_exception_hints(result, _AXES_HINTS + _MASK_HINTS), strict=strict)
+    return report(with_exception_hints(result, _MASK_HINTS + _MASKED_AXES_HINTS), strict=strict)
 
 
 # ----------------------------------------------------------------------------- causal mask

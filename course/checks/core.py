@@ -421,6 +421,8 @@ def _shape_words(gs: tuple, ws: tuple) -> str:
     text = f"shape {gs}, expected {ws}"
     if len(gs) == len(ws) >= 2 and gs[:-2] == ws[:-2] and gs[-2:] == ws[-2:][::-1]:
         return text + ": the last two axes are swapped (a transpose too many, or one missing?)"
+    if gs == ():
+        return text + ": you reduced it to a single number"
     if gs == ws[1:]:
         return text + ": the first (batch) axis is missing"
     if len(gs) == len(ws) + 1 and gs[1:] == ws and gs[0] == 1:
@@ -562,7 +564,7 @@ def _structure(g: torch.Tensor, w: torch.Tensor, name: str, atol: float, rtol: f
         hint = _normalisation_hint(g, w, name, same)
         if hint:
             return hint
-        hint = _affine_hint(g, w, name, same)
+        hint = _affine_hint(g, w, name, same) or _not_a_distribution(g, w, name, same)
         if hint:
             return hint
     for axis in range(w.dim()):
@@ -597,8 +599,8 @@ def _normalisation_hint(g, w, name, same) -> str | None:
     """Weights that should sum to 1 along the last axis: summed along another, over everything, or not at all."""
     if w.dim() == 0 or bool((w < -1e-12).any()) or not same(w.sum(-1), torch.ones_like(w.sum(-1))):
         return None
-    if bool((g < -1e-9).any()):
-        return None
+    if bool((g < -1e-9).any()) or same(g.sum(-1), torch.ones_like(g.sum(-1))):
+        return None  # not weights at all, or normalised along the right axis already
     for axis in range(w.dim() - 1):
         s = g.sum(axis)
         if same(s, torch.ones_like(s)):
@@ -616,6 +618,23 @@ def _normalisation_hint(g, w, name, same) -> str | None:
         return (f"{name} is right up to one factor per row, but its rows do not sum to 1: divide by the sum "
                 "along the last axis (keepdim=True)")
     return None
+
+
+def _not_a_distribution(g, w, name, same) -> str | None:
+    """The expected rows are weights summing to 1 (a softmax), the learner's are not."""
+    if w.dim() == 0 or bool((w < -1e-12).any()) or not same(w.sum(-1), torch.ones_like(w.sum(-1))):
+        return None
+    sums = g.sum(-1)
+    off = (sums - 1).abs() > 1e-3
+    if bool((g < -1e-9).any()):
+        flat = int((g < -1e-9).flatten().nonzero()[0])
+        return (f"{name} should be weights, non-negative and summing to 1 along the last axis (as a softmax gives); "
+                f"yours has the negative value {g.flatten()[flat].item():.4g} at {_fmt_index(_index(flat, tuple(g.shape)))}")
+    if not bool(off.any()):
+        return None
+    row = _index(int(off.flatten().nonzero()[0]), tuple(sums.shape))
+    return (f"{name} should be weights summing to 1 along the last axis (as a softmax gives); your row "
+            f"{_fmt_index(row)} sums to {float(sums[row]):.4g}")
 
 
 def _affine_hint(g, w, name, same) -> str | None:
@@ -756,7 +775,7 @@ def _failure_detail(problem: _Problem, got, want, args, seen, mistakes, names, a
         if text == problem.text:
             return f"{text}, {problem.first} ({where})."
         return f"{text} ({problem.text}, {problem.first}; {where})."
-    return f"{text}. Largest error {problem.error:.3g}{_at_largest(g, w)} ({where})."
+    return f"{text}{'' if text.endswith('?') else '.'} Largest error {problem.error:.3g}{_at_largest(g, w)} ({where})."
 
 
 def _at_largest(g: torch.Tensor, w: torch.Tensor) -> str:
@@ -885,6 +904,8 @@ def evaluate_values(exercise: str, fn: Any, reference: Callable[..., Any], cases
         if got == want:
             continue
         hint = _diagnose_values(seen, mistakes, want)
+        if not hint and isinstance(want, Integral) and abs(got - want) == 1:
+            hint = "off by one"
         difference = _difference(got, want)
         if hint:
             difference = f"{hint}. {difference[0].upper()}{difference[1:]}"

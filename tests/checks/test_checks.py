@@ -134,6 +134,17 @@ def softmax_numpy(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def softmax_sum_down_columns(x):
+    e = (x - x.max(dim=-1, keepdim=True).values).exp()
+    return e / e.sum(dim=0, keepdim=True)
+
+
+def softmax_shift_in_the_numerator_only(x):
+    return (x - x.max(-1, keepdim=True).values).exp() / x.exp().sum(-1, keepdim=True)
+
+
+# The last block of each library below was written after the checker was finished, as a holdout: its
+# answers got no mistake of their own, so ``None`` marks those whose line only says that the values differ.
 WRONG_ANSWERS = [
     (check_softmax, "columns (dim=0)", lambda x: torch.softmax(x, dim=0), "wrong axis"),
     (check_softmax, "dim=1 on a batch", softmax_dim_1, "dim=1 is the last axis only"),
@@ -155,6 +166,14 @@ WRONG_ANSWERS = [
     (check_softmax, "a NumPy array", softmax_numpy, "got a NumPy array"),
     (check_softmax, "forgets return", softmax_forgets_return, "did you forget `return`"),
     (check_softmax, "changes x in place", softmax_in_place, "changed its input in place"),
+    # holdout
+    (check_softmax, "sums down the columns", softmax_sum_down_columns, "wrong axis"),
+    (check_softmax, "dim=ndim-2", lambda x: x.softmax(dim=x.dim() - 2), "wrong axis"),
+    (check_softmax, "sigmoid", torch.sigmoid, "should be weights summing to 1 along the last axis"),
+    (check_softmax, "shift in the numerator only", softmax_shift_in_the_numerator_only, "its rows do not sum to 1"),
+    (check_softmax, "no exp", lambda x: x / x.sum(-1, keepdim=True), None),
+    (check_softmax, "flattened to rows", lambda x: torch.softmax(x.reshape(-1, x.shape[-1]), 1),
+     "has shape (6, 6), expected (2, 3, 6)"),
 ]
 
 RIGHT_ANSWERS = [
@@ -165,12 +184,13 @@ RIGHT_ANSWERS = [
     (check_softmax, "returns float64", softmax_returns_float64),
     (check_softmax, "loops over rows with math.exp", softmax_loops),
     (check_softmax, "logsumexp", softmax_logsumexp),
+    (check_softmax, "exp of log_softmax", lambda x: torch.log_softmax(x, -1).exp()),  # holdout
 ]
 
 
 @pytest.mark.parametrize("checker,label,fn,words", WRONG_ANSWERS, ids=[w[1] for w in WRONG_ANSWERS])
 def test_each_wrong_softmax_fails_with_its_hint(checker, label, fn, words):
-    assert_fails_with(checker(fn, strict=False), words)
+    assert_fails_with(checker(fn, strict=False), words or "")
 
 
 @pytest.mark.parametrize("checker,label,fn", RIGHT_ANSWERS, ids=[r[1] for r in RIGHT_ANSWERS])
@@ -470,6 +490,8 @@ P = torch.softmax(torch.randn(2, 3, 5, generator=g), dim=-1)
     (torch.softmax(torch.log(P), dim=-2), P, "normalised over the wrong axis: it sums to 1 along axis 1 (dim=-2)"),
     (P / P.sum(), P, "normalised over the whole tensor"),
     (P * torch.arange(1.0, 4.0)[:, None], P, "its rows do not sum to 1"),
+    (P ** 2, P, "should be weights summing to 1 along the last axis (as a softmax gives); your row [0, 0] sums to"),
+    (torch.log(P), P, "should be weights, non-negative and summing to 1"),
     (W * 2.0, W, "off by a constant factor: yours = 2 × the expected"),
     (-W, W, "has the opposite sign"),
     (W + 0.5, W, "off by a constant: yours = expected +0.5 everywhere"),
@@ -563,6 +585,11 @@ def test_value_checker_compares_ints_and_rejects_other_types():
     assert evaluate_values("double", lambda n: torch.tensor(2 * n), lambda n: 2 * n, [(3,)]).passed
     assert "should return an int, got float" in evaluate_values("double", lambda n: torch.tensor(2.0 * n),
                                                                 lambda n: 2 * n, [(3,)]).line
+
+
+def test_value_checker_says_off_by_one_when_no_mistake_matches():
+    assert_fails_with(evaluate_values("steps", lambda n: n, lambda n: n - 1, [(3,)]), "off by one. You returned 3, expected 2")
+    assert "off by one" not in evaluate_values("steps", lambda n: n, lambda n: n - 2, [(3,)]).line
 
 
 def test_value_checker_says_none_means_a_missing_return():

@@ -176,7 +176,19 @@ RIGHT_ANSWERS = [
     (ca.check_multi_head_attention, "the course's sdpa", mha_course),
     (ca.check_multi_head_attention, "F.scaled_dot_product_attention", mha_torch_sdpa),
     (ca.check_multi_head_attention, "softmax by hand with the shift", mha_by_hand),
+    # holdout
+    (ca.check_causal_mask, "strict tril or the diagonal",
+     lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1) | torch.eye(n, dtype=torch.bool)),
+    (ca.check_split_heads, "unflatten", lambda x, h: x.unflatten(-1, (h, -1)).transpose(1, 2)),
+    (ca.check_merge_heads, "reshape, then contiguous",
+     lambda x: x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1).contiguous()),
+    (ca.check_masked_attention, "-1e4 fill", lambda q, k, v, m: attention_from(scores_ok(q, k).masked_fill(~m, -1e4), v)),
 ]
+
+
+def attention_from(scores, v):
+    w = scores.softmax(-1)
+    return w @ v, w
 
 
 @pytest.mark.parametrize("checker,label,fn", RIGHT_ANSWERS, ids=[f"{c.__name__}:{label}" for c, label, _ in RIGHT_ANSWERS])
@@ -404,6 +416,54 @@ def mha_by_hand_no_shift(mha, query, key, value, mask=None):
     return mha.out_proj(merge_ok(out))
 
 
+def attention_scaled_after(q, k, v):
+    w = torch.softmax(q @ k.mT, -1)
+    return w @ v / math.sqrt(q.shape[-1]), w
+
+
+def attention_scores_as_weights(q, k, v):
+    s = q @ k.mT / math.sqrt(q.shape[-1])
+    return torch.softmax(s, -1) @ v, s
+
+
+def masked_transposed_mask(q, k, v, mask):
+    w = scores_ok(q, k).masked_fill(~mask.transpose(-2, -1), float("-inf")).softmax(-1)
+    return w @ v, w
+
+
+def masked_fill_minus_100(q, k, v, mask):
+    w = scores_ok(q, k).masked_fill(~mask, -100.0).softmax(-1)
+    return w @ v, w
+
+
+def split_permute_0231(x, num_heads):
+    b, s, d = x.shape
+    return x.view(b, s, num_heads, d // num_heads).permute(0, 2, 3, 1)
+
+
+def merge_transpose_23(x):
+    b, h, s, d = x.shape
+    return x.transpose(2, 3).reshape(b, s, h * d)
+
+
+def mha_v_proj_for_keys(mha, query, key, value, mask=None):
+    return _mha_with(mha, query, mha.v_proj(key), mha.v_proj(value), mask)
+
+
+def _mha_with(mha, query, k_projected, v_projected, mask):
+    q, k, v = (split_ok(t, mha.num_heads) for t in (mha.q_proj(query), k_projected, v_projected))
+    out, _ = masked_ok(q, k, v, mask) if mask is not None else attention_ok(q, k, v)
+    return mha.out_proj(merge_ok(out))
+
+
+def mha_no_heads(mha, query, key, value, mask=None):
+    q, k, v = mha.q_proj(query), mha.k_proj(key), mha.v_proj(value)
+    s = q @ k.mT / math.sqrt(mha.d_head)
+    if mask is not None:
+        s = s.masked_fill(~(mask[:, 0] if mask.dim() == 4 else mask), float("-inf"))
+    return mha.out_proj(s.softmax(-1) @ v)
+
+
 WRONG_ANSWERS = [
     (ca.check_attention_scores, "no scale", scores_no_scale, "missing scale"),
     (ca.check_attention_scores, "over d_k", scores_over_dk, "wrong scale: divided by d_k"),
@@ -459,6 +519,19 @@ WRONG_ANSWERS = [
     (ca.check_multi_head_attention, "inverted mask", mha_inverted_mask, "mask inverted"),
     (ca.check_multi_head_attention, "mask ignored", mha_ignores_mask, "the mask is ignored"),
     (ca.check_multi_head_attention, "by hand, no shift", mha_by_hand_no_shift, "exp overflows for scores above about 88"),
+    # holdout: written after the checkers were finished; None where the line only says the values differ
+    (ca.check_attention_scores, "q and k each over sqrt(d_k)",
+     lambda q, k: (q / math.sqrt(q.shape[-1])) @ (k / math.sqrt(q.shape[-1])).mT, "divided by d_k"),
+    (ca.check_attention, "scaled after the softmax", attention_scaled_after, None),
+    (ca.check_attention, "the scores as weights", attention_scores_as_weights, "weights should be weights, non-negative"),
+    (ca.check_masked_attention, "mask transposed", masked_transposed_mask, "the mask must broadcast against them"),
+    (ca.check_masked_attention, "fill -100", masked_fill_minus_100, "a finite fill such as -100"),
+    (ca.check_causal_mask, "rows flipped", lambda n: torch.ones(n, n, dtype=torch.bool).tril().flip(0),
+     "reversed along axis 0"),
+    (ca.check_split_heads, "permute (0, 2, 3, 1)", split_permute_0231, "the last two axes are swapped"),
+    (ca.check_merge_heads, "transpose(2, 3)", merge_transpose_23, "right numbers in the wrong places"),
+    (ca.check_multi_head_attention, "v_proj for the keys", mha_v_proj_for_keys, None),
+    (ca.check_multi_head_attention, "no heads", mha_no_heads, None),
 ]
 
 
@@ -466,7 +539,7 @@ WRONG_ANSWERS = [
 def test_learner_style_mistake_gets_the_expected_hint(checker, label, fn, hint):
     result = checker(fn)
     assert not result.passed
-    assert hint in one_line(result), result.line
+    assert (hint or "") in one_line(result), result.line
     # a largest error means something for floating outputs only (not for a boolean mask)
     if "Largest error" in result.line:
         assert checker is not ca.check_causal_mask

@@ -69,6 +69,17 @@ def pe_float64(num_positions, d_model):
     return torch.stack([(pos * omega).sin(), (pos * omega).cos()], dim=-1).reshape(num_positions, d_model)
 
 
+def pe_base(num_positions, d_model, base):
+    pos = torch.arange(num_positions).float()[:, None]
+    omega = base ** (-torch.arange(0, d_model, 2).float() / d_model)
+    return torch.stack([(pos * omega).sin(), (pos * omega).cos()], -1).flatten(1)
+
+
+def pe_cos_as_shifted_sin(num_positions, d_model):
+    angles = torch.arange(num_positions)[:, None] * 10000 ** (-torch.arange(0, d_model, 2) / d_model)
+    return torch.stack([angles.sin(), (angles + math.pi / 2).sin()], -1).flatten(1).float()
+
+
 WRONG_SINUSOIDAL = {
     "sin/cos swapped": (lambda n, d: pe_loops(n, d, swap=True), "sin and cos are swapped"),
     "frequencies inverted": (lambda n, d: pe_loops(n, d, invert=True), "frequencies inverted"),
@@ -82,8 +93,11 @@ WRONG_SINUSOIDAL = {
     "2i doubled": (pe_arange_doubled, "don't double them"),
     "transposed": (lambda n, d: correct_sinusoidal(n, d).T, "has shape (4, 5), expected (5, 4)"),
     "a NumPy array": (lambda n, d: correct_sinusoidal(n, d).numpy(), "got a NumPy array"),
+    # holdout: written after the checker was finished; None where the line only says the values differ
+    "base 1000": (lambda n, d: pe_base(n, d, 1000.0), None),
 }
-RIGHT_SINUSOIDAL = {"exp and log": correct_sinusoidal, "loops with math.sin": pe_loops, "float64": pe_float64}
+RIGHT_SINUSOIDAL = {"exp and log": correct_sinusoidal, "loops with math.sin": pe_loops, "float64": pe_float64,
+                    "cos as a shifted sin": pe_cos_as_shifted_sin}  # the last: holdout
 
 
 def test_sinusoidal_raising_gives_one_line():
@@ -117,6 +131,7 @@ WRONG_OFFSET = {
     "sin and cos swapped": (lambda k, d: offset_loops(k, d, swap=True), "sin and cos swapped inside each block"),
     "no minus sign": (lambda k, d: offset_loops(k, d, same_sign=True), "both corners of a block have the same sign"),
     "a column short": (lambda k, d: offset_loops(k, d)[:, :-1], "has shape (4, 3)"),
+    "k + 1": (lambda k, d: offset_loops(k + 1, d), None),  # holdout
 }
 
 
@@ -182,6 +197,12 @@ def rope_positions_from_axis_1(x):
     return torch.stack([x0 * angles.cos() - x1 * angles.sin(), x0 * angles.sin() + x1 * angles.cos()], -1).flatten(-2)
 
 
+def rope_cos_only(x):
+    seq, d = x.shape[-2:]
+    angles = torch.arange(seq).float()[:, None] * 10000 ** (-torch.arange(0, d, 2).float() / d)
+    return torch.stack([x[..., 0::2] * angles.cos(), x[..., 1::2] * angles.cos()], -1).flatten(-2)
+
+
 WRONG_ROPE = {
     "rotated the wrong way": (lambda x: rope_loops(x, sign=-1.0), "wrong way"),
     "rotate-half pairing": (lambda x: rope_loops(x, halves=True), "paired the wrong dimensions"),
@@ -192,6 +213,7 @@ WRONG_ROPE = {
     "exponent i/d": (lambda x: rope_loops(x, exponent=1), "you used i/d"),
     "2i doubled": (lambda x: rope_loops(x, exponent=4), "don't double them"),
     "positions from axis 1": (rope_positions_from_axis_1, "the positions run along the second-to-last axis"),
+    "cos only": (rope_cos_only, None),  # holdout
 }
 RIGHT_ROPE = {"loops": rope_loops, "complex numbers": rope_complex, "float64, cos and sin repeated": rope_float64_cached}
 
@@ -233,6 +255,7 @@ WRONG_GAP = {
     "a bool": (lambda f, x, perm: torch.allclose(f(x[:, perm]), f(x)[:, perm]), "gap should be a torch.Tensor, got bool"),
     "one gap per sequence": (lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs().amax(dim=(1, 2)),
                              "gap has shape (6,), expected a single number"),
+    "a sum": (lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs().sum(), None),  # holdout
 }
 RIGHT_GAP = {
     ".abs().max()": correct_gap,

@@ -63,6 +63,10 @@ WRONG_RNN_STEPS = [
      "right for the first item along axis 0 and wrong for the others"),
     ("summed over the batch", lambda x, h, Wx, Wh, b: correct_rnn_step(x, h, Wx, Wh, b).sum(0),
      "h_t has shape (4,), expected (3, 4): the first (batch) axis is missing"),
+    # holdout: written after the checker was finished; None where the line only says the values differ
+    ("transposed result", lambda x, h, Wx, Wh, b: correct_rnn_step(x, h, Wx, Wh, b).T, "the last two axes are swapped"),
+    ("a tanh for each term", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx) + torch.tanh(h @ Wh) + b, None),
+    ("minus b", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + h @ Wh - b), None),
 ]
 
 RIGHT_RNN_STEPS = [("matmul", correct_rnn_step), ("the course's", rnn_step), ("einsum", rnn_step_einsum),
@@ -145,6 +149,8 @@ WRONG_ATTENDS = [
     ("torch.bmm", self_attend_bmm, "torch.bmm needs a batch axis"),
     ("weights instead of output", lambda x: torch.softmax(x @ x.mT / math.sqrt(x.shape[-1]), dim=-1),
      "output has shape (5, 5), expected (5, 3)"),
+    # holdout
+    ("scale on the output", lambda x: torch.softmax(x @ x.mT, -1) @ x / math.sqrt(x.shape[-1]), None),
 ]
 
 RIGHT_ATTENDS = [("matmul", correct_self_attend), ("einsum", self_attend_einsum), ("F.sdpa", self_attend_torch),
@@ -172,6 +178,9 @@ WRONG_STEPS = [
     ("a float", lambda k, n, L: float(sequential_steps(k, n, L)), "should return an int, got float"),
     ("no return for attention", steps_forgets_attention, "did you forget `return`"),
     ("'RNN' in capitals", lambda k, n, L: n + L - 1 if k == "RNN" else L, None),
+    # holdout
+    ("attention one step more", lambda k, n, L: n + L - 1 if k == "rnn" else L + 1, "off by one"),
+    ("rnn n*L - (L-1)", lambda k, n, L: n * L - (L - 1) if k == "rnn" else L, None),
 ]
 
 RIGHT_STEPS = [("the course's", sequential_steps),
@@ -225,10 +234,15 @@ WRONG_REACHES = [
     ("no sum", reach_without_sum, "take out[-1].sum()"),
     ("norm over positions", _reach(lambda o: o[-1], lambda g: g.norm(dim=0)), "output has shape (3,), expected (6,)"),
     ("the gradient itself", _reach(lambda o: o[-1], lambda g: g), "output has shape (6, 3), expected (6,)"),
+    # holdout
+    ("mean of the last output", _reach(lambda o: o[-1] / o.shape[-1], lambda g: g.norm(dim=-1)),
+     "off by a constant factor"),
+    ("one norm for everything", _reach(lambda o: o[-1], lambda g: g.norm()), "you reduced it to a single number"),
 ]
 
 RIGHT_REACHES = [("backward", correct_reach), ("the course's", gradient_reach), ("jacobian", reach_jacobian),
-                 ("autograd.grad", _reach(lambda o: o[-1], lambda g: g.pow(2).sum(-1).sqrt()))]
+                 ("autograd.grad", _reach(lambda o: o[-1], lambda g: g.pow(2).sum(-1).sqrt())),
+                 ("sum(-1)[-1]", _reach(lambda o: o.sum(-1)[-1], lambda g: g.norm(dim=-1)))]  # holdout
 
 
 # --- the libraries, in the shape answer_library.py reads ---------------------------------------------------

@@ -74,6 +74,9 @@ WRONG_PAIR_COUNTS = [
     ("string keys", lambda ids: Counter(f"{a},{b}" for a, b in zip(ids, ids[1:])), "the keys should be tuples like"),
     ("no return", pair_counts_forgets_return, "did you forget `return`"),
     ("an extra pair", lambda ids: {**correct_pair_counts(ids), (0, 0): 1}, "(0, 0) should not be there"),
+    # holdout: written after the checker was finished; None where the line only shows the first difference
+    ("pairs two apart", lambda ids: dict(Counter(zip(ids, ids[2:]))), None),
+    ("every pair of distinct ids", lambda ids: {(a, b): 1 for a in set(ids) for b in set(ids) if a != b}, None),
 ]
 
 RIGHT_PAIR_COUNTS = [("dict.get", correct_pair_counts), ("the course's", get_pair_counts),
@@ -202,6 +205,32 @@ def _list_compare(ids, pair, new_id):
     return out
 
 
+def _either_order(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) in (tuple(pair), tuple(pair)[::-1]):
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def merge_last_id_after_the_loop(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids) - 1:
+        if (ids[i], ids[i + 1]) == tuple(pair):
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    if i == len(ids) - 1:
+        out.append(ids[-1])
+    return out
+
+
 WRONG_MERGES = [
     ("second element kept", _keeps_second, "skip both elements"),
     ("overlaps merged twice", _overlap_twice, "overlapping occurrences were merged twice"),
@@ -214,11 +243,14 @@ WRONG_MERGES = [
     ("looks at pairs (0, 1), (2, 3), ...", _in_pairs, "only pairs starting at even positions"),
     ("replaced in the text", _as_text, "the ids were replaced as text"),
     ("a string", lambda ids, pair, new_id: str(ids), "should return a list, got str"),
+    # holdout
+    ("the pair in either order", _either_order, None),
 ]
 
 RIGHT_MERGES = [("while loop", correct_merge), ("the course's", merge), ("a skip flag", merge_with_a_flag),
                 ("recursive", merge_recursive),
-                ("returns a tuple", lambda ids, pair, new_id: tuple(correct_merge(ids, pair, new_id)))]
+                ("returns a tuple", lambda ids, pair, new_id: tuple(correct_merge(ids, pair, new_id))),
+                ("the last id after the loop", merge_last_id_after_the_loop)]  # holdout
 
 
 def test_merge_that_raises_gets_a_one_line_message_naming_the_case():
@@ -254,6 +286,9 @@ WRONG_EMBEDDINGS = [
     ("a list", lambda ids, W: W[ids].tolist(), "output should be a torch.Tensor, got a list of 2 item(s)"),
     ("a NumPy array", lambda ids, W: W[ids].numpy(), "got a NumPy array"),
     ("W itself", lambda ids, W: W, "has shape (5, 5), expected (2, 3, 5)"),
+    # holdout
+    ("scaled by sqrt(d_model)", lambda ids, W: W[ids] * W.shape[1] ** 0.5, "off by a constant factor"),
+    ("ids read backwards", lambda ids, W: W[ids.flip(-1)], "reversed along axis 1"),
 ]
 
 RIGHT_EMBEDDINGS = [("one_hot @ W", correct_embedding), ("a row lookup", lambda ids, W: W[ids]),
