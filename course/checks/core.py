@@ -299,8 +299,11 @@ def _clone(value: Any) -> Any:
 
 def _same_inputs(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
-        return (isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype
-                and torch.equal(a.nan_to_num(), b.nan_to_num()))
+        if not isinstance(b, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if torch.equal(a, b):
+            return True
+        return a.is_floating_point() and bool(((a == b) | (a.isnan() & b.isnan())).all())  # NaN equals NaN here
     if isinstance(a, (tuple, list)):
         return len(a) == len(b) and all(_same_inputs(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
@@ -341,14 +344,11 @@ def _fmt_number(x: Any) -> str:
 def _close(g: torch.Tensor, w: torch.Tensor, atol: float, rtol: float) -> torch.Tensor:
     """Elementwise: ``g`` matches ``w`` (NaN matches NaN, an infinity matches the same infinity)."""
     g, w = g.detach(), w.detach()
-    if g.is_floating_point() or w.is_floating_point() or g.is_complex() or w.is_complex():
+    if g.is_complex() or w.is_complex():
+        return torch.isclose(g.to(torch.complex128), w.to(torch.complex128), atol=atol, rtol=rtol, equal_nan=True)
+    if g.is_floating_point() or w.is_floating_point():
         return torch.isclose(g.double(), w.double(), atol=atol, rtol=rtol, equal_nan=True)
     return g == w
-
-
-def _allclose(g: Any, w: Any, atol: float, rtol: float) -> bool:
-    return (isinstance(g, torch.Tensor) and isinstance(w, torch.Tensor) and g.shape == w.shape
-            and bool(_close(g, w, atol, rtol).all()))
 
 
 def _wrong_values(name: str) -> str:
@@ -410,7 +410,8 @@ def _check_tensor(name: str, g: Any, w: torch.Tensor) -> _Problem | None:
     if gs != ws:
         return _Problem("shape", f"{name} has {_shape_words(gs, ws)}")
     if g.dtype != w.dtype and not (g.is_floating_point() and w.is_floating_point()):
-        extra = " (a mask is boolean: build it with a comparison, or convert with .bool())" if w.dtype == torch.bool else ""
+        extra = (" (a mask is boolean: build it with a comparison, or convert with .bool())"
+                 if w.dtype == torch.bool else "")
         return _Problem("dtype", f"{name} has dtype {g.dtype}, expected {w.dtype}{extra}")
     return None
 
@@ -463,8 +464,9 @@ def _values_problem(name: str, g: torch.Tensor, w: torch.Tensor, atol: float, rt
         err = max_abs_error(g, w)
         text = _wrong_values(name)
         if g.dtype != w.dtype:
+            low = g.dtype in (torch.float16, torch.bfloat16)
             text = (f"{name} has dtype {g.dtype}, expected {w.dtype}, and its values differ"
-                    + (" (float16 and bfloat16 keep only 2-3 significant digits)" if g.dtype in (torch.float16, torch.bfloat16) else ""))
+                    + (" (float16 and bfloat16 keep only 2-3 significant digits)" if low else ""))
         return _Problem("values", text, error=err)
     flat = int((~close).flatten().nonzero()[0])
     index = _index(flat, tuple(w.shape))
@@ -487,14 +489,16 @@ def _compare(got: Any, want: Any, names: Sequence[str], atol: float, rtol: float
         if shapes != [tuple(t.shape) for t in want_t] and shapes[::-1] == [tuple(t.shape) for t in want_t]:
             return _Problem("count", f"the two values are in the wrong order: return ({', '.join(names)})")
     for i, (name, g, w) in enumerate(zip(names, got_t, want_t)):
-        problem = _check_tensor(name, g, w) or _nonfinite_problem(name, g, w) or _values_problem(name, g, w, atol, rtol)
+        problem = (_check_tensor(name, g, w) or _nonfinite_problem(name, g, w)
+                   or _values_problem(name, g, w, atol, rtol))
         if problem:
             problem.output = i
             return problem
     return None
 
 
-def compare_outputs(got: Any, want: Any, names: Sequence[str], atol: float, rtol: float) -> tuple[str | None, float]:
+def compare_outputs(got: Any, want: Any, names: Sequence[str], atol: float,
+                    rtol: float) -> tuple[str | None, float]:
     """Compare a function's output(s) with the expected ones (tensors; ``names`` names each output).
 
     Return (problem or None, largest error) for one case; problems are phrased for learners. The largest
@@ -552,7 +556,8 @@ def _structure(g: torch.Tensor, w: torch.Tensor, name: str, atol: float, rtol: f
 
     if w.dtype == torch.bool and g.dtype == torch.bool and bool((g == ~w).all()):
         return f"{name} is inverted: True where False belongs and False where True belongs"
-    if w.dim() >= 2 and w.shape[-1] == w.shape[-2] and not same(w, w.transpose(-2, -1)) and same(g, w.transpose(-2, -1)):
+    if (w.dim() >= 2 and w.shape[-1] == w.shape[-2] and not same(w, w.transpose(-2, -1))
+            and same(g, w.transpose(-2, -1))):
         return f"{name} is transposed: the last two axes are swapped"
     wrong = ~_close(g, w, atol, rtol)
     if w.dim() >= 2 and w.shape[-1] == w.shape[-2] >= 2:
@@ -571,10 +576,13 @@ def _structure(g: torch.Tensor, w: torch.Tensor, name: str, atol: float, rtol: f
         n = w.shape[axis]
         if n < 3:
             continue
-        if same(g.narrow(axis, 1, n - 1), w.narrow(axis, 0, n - 1)) and not same(w.narrow(axis, 1, n - 1), w.narrow(axis, 0, n - 1)):
+        head, tail = w.narrow(axis, 0, n - 1), w.narrow(axis, 1, n - 1)
+        if same(head, tail):  # constant along this axis: a shift would not show
+            continue
+        if same(g.narrow(axis, 1, n - 1), head):
             return (f"{name} is shifted by one position along axis {axis}: your entry i + 1 holds the expected "
                     "entry i (an index or a position that starts at 1, or a range that is off by one?)")
-        if same(g.narrow(axis, 0, n - 1), w.narrow(axis, 1, n - 1)) and not same(w.narrow(axis, 1, n - 1), w.narrow(axis, 0, n - 1)):
+        if same(g.narrow(axis, 0, n - 1), tail):
             return (f"{name} is shifted by one position along axis {axis}: your entry i holds the expected "
                     "entry i + 1 (an index or a range that is off by one?)")
     for axis in range(w.dim()):
@@ -628,8 +636,9 @@ def _not_a_distribution(g, w, name, same) -> str | None:
     off = (sums - 1).abs() > 1e-3
     if bool((g < -1e-9).any()):
         flat = int((g < -1e-9).flatten().nonzero()[0])
-        return (f"{name} should be weights, non-negative and summing to 1 along the last axis (as a softmax gives); "
-                f"yours has the negative value {g.flatten()[flat].item():.4g} at {_fmt_index(_index(flat, tuple(g.shape)))}")
+        at = _fmt_index(_index(flat, tuple(g.shape)))
+        return (f"{name} should be weights, non-negative and summing to 1 along the last axis (as a softmax "
+                f"gives); yours has the negative value {g.flatten()[flat].item():.4g} at {at}")
     if not bool(off.any()):
         return None
     row = _index(int(off.flatten().nonzero()[0]), tuple(sums.shape))
@@ -685,7 +694,8 @@ def check_function(exercise: str, fn: Any, reference: Callable[..., Any], cases:
     """Check ``fn`` against ``reference`` on every case (a tuple of positional arguments) and print one line.
 
     ``options`` are :func:`evaluate_function`'s (``mistakes``, ``output_names``, ``atol``, ``rtol``,
-    ``time_limit``, ``context``, ``convert``, ``batch_first``); returns the :class:`CheckResult` (see :func:`report` for ``strict``).
+    ``time_limit``, ``context``, ``convert``, ``batch_first``); returns the :class:`CheckResult` (see
+    :func:`report` for ``strict``).
     """
     return report(evaluate_function(exercise, fn, reference, cases, **options), strict=strict)
 
@@ -723,8 +733,8 @@ def evaluate_function(
         try:
             want = reference(*_clone(args))
         except Exception as exc:  # noqa: BLE001 - the checker's own bug: say so, not the learner's
-            return CheckResult(exercise, FAILED, f"the checker's reference failed ({describe_exception(exc)}; {where}); "
-                                                 "this is a bug in the checker, not in your code")
+            return CheckResult(exercise, FAILED, f"the checker's reference failed ({describe_exception(exc)}; "
+                                                 f"{where}); this is a bug in the checker, not in your code")
         given = _clone(args)
         call = _call_learner(fn, given, where, time_limit, context)
         if call.status is not None:
@@ -737,12 +747,14 @@ def evaluate_function(
                 got = convert(got)
             except Exception as exc:  # noqa: BLE001
                 return CheckResult(exercise, FAILED, f"the checker could not read your function's output "
-                                                     f"({describe_exception(exc)}; {where}): it returned {describe_value(got)}")
+                                                     f"({describe_exception(exc)}; {where}): it returned "
+                                                     f"{describe_value(got)}")
         try:
             problem = _compare(got, want, output_names, atol, rtol)
         except Exception as exc:  # noqa: BLE001
-            return CheckResult(exercise, FAILED, f"the checker failed comparing your output ({describe_exception(exc)}; "
-                                                 f"{where}): your function returned {describe_value(got)}")
+            return CheckResult(exercise, FAILED, f"the checker failed comparing your output "
+                                                 f"({describe_exception(exc)}; {where}): your function returned "
+                                                 f"{describe_value(got)}")
         if problem is None:
             worst = max([worst] + [max_abs_error(g, w) for g, w in zip(_as_tuple(got), _as_tuple(want))
                                    if isinstance(w, torch.Tensor) and w.is_floating_point()])
@@ -888,8 +900,8 @@ def evaluate_values(exercise: str, fn: Any, reference: Callable[..., Any], cases
         try:
             want = reference(*copy.deepcopy(args))
         except Exception as exc:  # noqa: BLE001
-            return CheckResult(exercise, FAILED, f"the checker's reference failed ({describe_exception(exc)}; "
-                                                 f"case {i + 1} of {len(cases)}); this is a bug in the checker, not in your code")
+            return CheckResult(exercise, FAILED, f"the checker's reference failed ({describe_exception(exc)}; case "
+                                                 f"{i + 1} of {len(cases)}); this is a bug in the checker, not in your code")
         given = copy.deepcopy(args)
         call = _call_learner(fn, given, where, time_limit, None)
         if call.status is not None:
