@@ -81,10 +81,12 @@ if __name__ == "__main__":
     import os
 
     os.environ["COURSE_STRICT_CHECKS"] = "0"
-    modules = library_modules()
-    total = figures(modules)
-    for module in modules:
-        print(f"{module.__name__:<32}{summary(figures([module]))}")
+    total: dict = {}
+    for module in library_modules():
+        counts = figures([module])
+        print(f"{module.__name__:<32}{summary(counts)}")
+        for key, value in counts.items():
+            total[key] = total.get(key, 0 if isinstance(value, int) else []) + value
     print(f"{'all':<32}{summary(total)}")
     for key in ("let_through", "refused", "unnamed"):
         for item in total[key]:
