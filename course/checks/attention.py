@@ -5,6 +5,13 @@ on a mismatch, names the likely mistake. The cases are chosen so that every mist
 gives an output different from the correct one AND from every other mistake (d_k is never 1 or
 a square that equals another size, masks mix True and False in every row, the first
 split-heads case has seq == heads so a missing transpose keeps the shape but not the values).
+
+The boundaries: seq_q != seq_k, batch > 1 and extra head axes; masks of every shape the instructions
+allow (a mixed [seq_q, seq_k] mask, a causal mask, right and left padding [batch, 1, 1, seq_k]), and
+scores far above 88, where a softmax written by hand overflows in float32 without the max shift or with
+the maximum taken over the wrong keys (the whole batch, or before the blocked keys were masked: one
+blocked key has a huge score), and a query whose allowed scores are all below -300 (a fill of -100 is
+not "minus infinity" there). No query row is fully masked, so a -1e9 fill is as right as -inf.
 ``tests/checks/test_checks_attention.py`` runs each mistake through its checker to prove it.
 """
 from __future__ import annotations
@@ -14,7 +21,7 @@ import math
 import torch
 
 from ..attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
-from .core import CheckResult, Mistake, check_function
+from .core import CheckResult, Mistake, evaluate_function, report, with_exception_hints
 
 __all__ = [
     "check_attention_scores",
@@ -63,6 +70,8 @@ SCORE_MISTAKES = [
             lambda q, k: q @ _t(k) * math.sqrt(q.shape[-1])),
     Mistake("scaled by the wrong size: d_k is the feature size q.shape[-1], not the number of tokens",
             lambda q, k: q @ _t(k) / math.sqrt(q.shape[-2])),
+    Mistake("scaled by the wrong size: d_k is the feature size q.shape[-1], not the number of tokens",
+            lambda q, k: q @ _t(k) / math.sqrt(k.shape[-2])),
     Mistake("transposed: that is k @ q^T; compute q @ k.transpose(-2, -1) so row i belongs to query i",
             lambda q, k: k @ _t(q) / math.sqrt(q.shape[-1])),
     Mistake("softmax applied too early: this function returns the raw scaled scores, before softmax",
@@ -70,10 +79,16 @@ SCORE_MISTAKES = [
 ]
 
 
+_LAST_TWO = ("transpose only the last two axes, k.transpose(-2, -1): it works for any number of leading (batch, "
+             "head) axes, where k.T reverses all of them and transpose(1, 2) counts from the front")
+_AXES_HINTS = [("must match the size", _LAST_TWO), ("out of range", _LAST_TWO), ("cannot be multiplied", _LAST_TWO)]
+
+
 def check_attention_scores(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(q [..., seq_q, d_k], k [..., seq_k, d_k]) -> scores [..., seq_q, seq_k]`` = q k^T / sqrt(d_k)."""
-    return check_function("attention_scores", fn, lambda q, k: q @ _t(k) / math.sqrt(q.shape[-1]),
-                          _score_cases(), mistakes=SCORE_MISTAKES, output_names=("scores",), strict=strict)
+    result = evaluate_function("attention_scores", fn, lambda q, k: q @ _t(k) / math.sqrt(q.shape[-1]),
+                               _score_cases(), mistakes=SCORE_MISTAKES, output_names=("scores",))
+    return report(with_exception_hints(result, _AXES_HINTS), strict=strict)
 
 
 # ----------------------------------------------------------------------------- attention (no mask)
@@ -85,12 +100,43 @@ def _attention_cases() -> list[tuple]:
                        ((2, 2, 4, 8), (2, 2, 6, 8), (2, 2, 6, 5))):
         q, k = _qk(g, sq, sk)
         cases.append((q * 1.5, k, torch.randn(*dv, generator=g)))
+    cases.append(_large_scores_case(g))
     return cases
 
 
-def _attend(q, k, v, *, scale=None, dim=-1, softmax=True):
+def _large_scores_case(g, mask: bool = False) -> tuple:
+    """Scores far above 88 (exp overflows in float32 without the max shift), much larger in the first batch
+    item than in the second (shifting by the maximum of the whole tensor underflows the second to 0/0)."""
+    q, k = _qk(g, (2, 3, 8), (2, 5, 8))
+    q[0] *= 80.0
+    k *= 2.0
+    v = torch.randn(2, 5, 3, generator=g)
+    if not mask:
+        return q, k, v
+    # Query 2 of the first item scores every allowed key below -300: a finite fill such as -100 outweighs them.
+    q[0, 2] *= 5.0
+    # Key 4 is blocked for every query and gets a huge score: a maximum taken before masking picks it.
+    k[:, 4] = q.sum(dim=1) * 3.0
+    allowed = torch.tensor([[True, True, False, True, False], [False, True, True, True, False]])[:, None, :]
+    return q, k, v, allowed
+
+
+def _softmax_by_hand(scores: torch.Tensor, shift: str | None) -> torch.Tensor:
+    """exp / sum along the last axis, shifted by nothing, by the whole tensor's maximum, or by each row's."""
+    if shift == "all":
+        scores = scores - scores.max()
+    elif shift == "row":
+        scores = scores - scores.max(dim=-1, keepdim=True).values
+    e = scores.exp()
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def _attend(q, k, v, *, scale=None, dim=-1, softmax=True, by_hand=False, shift=None):
     scores = q @ _t(k) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
-    w = torch.softmax(scores, dim=dim) if softmax else scores
+    if by_hand:
+        w = _softmax_by_hand(scores, shift)
+    else:
+        w = torch.softmax(scores, dim=dim) if softmax else scores
     return w @ v, w
 
 
@@ -113,14 +159,19 @@ ATTENTION_MISTAKES = [
             _whole_matrix_softmax),
     Mistake("no softmax: the weights must be softmax(scores), not the raw scores",
             lambda q, k, v: _attend(q, k, v, softmax=False)),
+    Mistake("exp overflows for scores above about 88: use torch.softmax, or subtract each row's maximum before exp",
+            lambda q, k, v: _attend(q, k, v, by_hand=True)),
+    Mistake("shifted by the maximum of the whole tensor: each row needs its own maximum (dim=-1, keepdim=True), "
+            "or rows far below the overall maximum underflow to 0/0",
+            lambda q, k, v: _attend(q, k, v, by_hand=True, shift="all")),
 ]
 
 
 def check_attention(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(q, k, v) -> (output [..., seq_q, d_v], weights [..., seq_q, seq_k])``, no mask."""
-    return check_function("attention", fn, lambda q, k, v: scaled_dot_product_attention(q, k, v),
-                          _attention_cases(), mistakes=ATTENTION_MISTAKES,
-                          output_names=("output", "weights"), strict=strict)
+    result = evaluate_function("attention", fn, lambda q, k, v: scaled_dot_product_attention(q, k, v),
+                               _attention_cases(), mistakes=ATTENTION_MISTAKES, output_names=("output", "weights"))
+    return report(with_exception_hints(result, _AXES_HINTS), strict=strict)
 
 
 # ----------------------------------------------------------------------------- masked attention
@@ -141,14 +192,34 @@ def _masked_cases() -> list[tuple]:
     causal = (q, k, torch.randn(2, 6, 4, generator=g), causal_mask(6))
     q, k = _qk(g, (2, 2, 5, 8), (2, 2, 7, 8))
     padded = (q, k, torch.randn(2, 2, 7, 3, generator=g), padding_mask([7, 4]))
-    return [first, causal, padded]
+    q, k = _qk(g, (2, 2, 4, 8), (2, 2, 6, 8))
+    left_padded = (q, k, torch.randn(2, 2, 6, 3, generator=g), padding_mask([3, 6]).flip(-1))  # pads in front
+    return [first, causal, padded, left_padded, _large_scores_case(g, mask=True)]
 
 
-def _masked(q, k, v, mask, *, fill=NEG_INF, invert=False, scale=None, dim=-1):
+def _masked(q, k, v, mask, *, fill=NEG_INF, invert=False, scale=None, dim=-1, by_hand=False, shift=None):
     scores = q @ _t(k) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
     blocked = mask if invert else ~mask
-    w = torch.softmax(scores.masked_fill(blocked, fill), dim=dim)
+    if shift == "before masking":  # each row's maximum over every key, blocked ones included
+        scores = scores - scores.max(dim=-1, keepdim=True).values
+        shift = None
+    scores = scores.masked_fill(blocked, fill)
+    w = _softmax_by_hand(scores, shift) if by_hand else torch.softmax(scores, dim=dim)
     return w @ v, w
+
+
+def _mask_times_minus_inf(q, k, v, mask):
+    w = torch.softmax(q @ _t(k) / math.sqrt(q.shape[-1]) + (~mask) * NEG_INF, dim=-1)
+    return w @ v, w
+
+
+_MASKED_SHAPES = ("the shapes do not line up: the scores are [..., seq_q, seq_k] (transpose only k's last two axes, "
+                  "k.transpose(-2, -1)), and the mask must broadcast against them as it is")
+_MASKED_AXES_HINTS = [("must match the size", _MASKED_SHAPES), ("out of range", _LAST_TWO),
+                      ("cannot be multiplied", _LAST_TWO)]
+_MASK_HINTS = [("Subtraction, the `-` operator, with a bool tensor",
+                "the mask is boolean: invert it with ~mask (not 1 - mask)"),
+               ("expected a value of type", "fill with a Python float: scores.masked_fill(~mask, float('-inf'))")]
 
 
 def _mask_after_softmax(q, k, v, mask, fill=0.0):
@@ -165,6 +236,8 @@ MASKED_MISTAKES = [
             lambda q, k, v, m: _mask_after_softmax(q, k, v, m, NEG_INF)),
     Mistake("masked scores set to 0: exp(0) = 1 still gives them weight; fill them with float('-inf')",
             lambda q, k, v, m: _masked(q, k, v, m, fill=0.0)),
+    Mistake("a finite fill such as -100 is not far enough below the real scores (here they go below -300): fill "
+            "with float('-inf')", lambda q, k, v, m: _masked(q, k, v, m, fill=-100.0)),
     Mistake("the mask is ignored: apply it with scores.masked_fill(~mask, float('-inf')) before the softmax",
             lambda q, k, v, m: _attend(q, k, v)),
     Mistake("missing scale: divide the scores by sqrt(d_k) before masking and softmax",
@@ -173,14 +246,24 @@ MASKED_MISTAKES = [
             lambda q, k, v, m: _masked(q, k, v, m, scale=1 / q.shape[-1])),
     Mistake("softmax over the wrong axis: normalise over the keys (dim=-1)",
             lambda q, k, v, m: _masked(q, k, v, m, dim=-2)),
+    Mistake("exp overflows for scores above about 88: use torch.softmax, or subtract each row's maximum before exp",
+            lambda q, k, v, m: _masked(q, k, v, m, by_hand=True)),
+    Mistake("the row maximum was taken before masking: a blocked key with a huge score sets it, and every allowed "
+            "weight underflows to 0; mask first, then shift by the maximum (or use torch.softmax)",
+            lambda q, k, v, m: _masked(q, k, v, m, by_hand=True, shift="before masking")),
+    Mistake("shifted by the maximum of the whole tensor: each row needs its own maximum (dim=-1, keepdim=True), "
+            "or rows far below the overall maximum underflow to 0/0",
+            lambda q, k, v, m: _masked(q, k, v, m, by_hand=True, shift="all")),
+    Mistake("the mask was multiplied by -inf: 0 * -inf is NaN, so every allowed score becomes NaN; use "
+            "scores.masked_fill(~mask, float('-inf'))", _mask_times_minus_inf),
 ]
 
 
 def check_masked_attention(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(q, k, v, mask) -> (output, weights)``; mask is bool, True = allowed, broadcastable to the scores."""
-    return check_function("masked_attention", fn, lambda q, k, v, m: scaled_dot_product_attention(q, k, v, m),
-                          _masked_cases(), mistakes=MASKED_MISTAKES,
-                          output_names=("output", "weights"), strict=strict)
+    result = evaluate_function("masked_attention", fn, lambda q, k, v, m: scaled_dot_product_attention(q, k, v, m),
+                               _masked_cases(), mistakes=MASKED_MISTAKES, output_names=("output", "weights"))
+    return report(with_exception_hints(result, _MASK_HINTS + _MASKED_AXES_HINTS), strict=strict)
 
 
 # ----------------------------------------------------------------------------- causal mask
@@ -198,13 +281,16 @@ CAUSAL_MISTAKES = [
             lambda n: _ones(n).tril(-1)),
     Mistake("everything allowed: block the future (keys after the query) with a lower-triangular mask",
             lambda n: _ones(n)),
+    Mistake("one step into the future is allowed: torch.tril(..., diagonal=1) lets token i see token i + 1; "
+            "use diagonal=0", lambda n: _ones(n).tril(1)),
 ]
 
 
 def check_causal_mask(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(seq_len) -> bool [seq_len, seq_len]``, True where query i may see key j (j <= i)."""
-    return check_function("causal_mask", fn, causal_mask, [(4,), (1,), (7,)], mistakes=CAUSAL_MISTAKES,
-                          output_names=("mask",), atol=0, rtol=0, strict=strict)
+    result = evaluate_function("causal_mask", fn, causal_mask, [(4,), (1,), (7,), (2,)], mistakes=CAUSAL_MISTAKES,
+                               output_names=("mask",), atol=0, rtol=0)
+    return report(result, strict=strict)
 
 
 # ----------------------------------------------------------------------------- heads
@@ -228,13 +314,15 @@ SPLIT_MISTAKES = [
     Mistake("features split in the wrong order: each head owns a contiguous block of d_head features, so view the "
             "last axis as (heads, d_head), not (d_head, heads)",
             lambda x, h: x.view(x.shape[0], x.shape[1], x.shape[2] // h, h).permute(0, 3, 1, 2)),
+    Mistake("transposed before splitting: view the last axis as (heads, d_head) first, then .transpose(1, 2)",
+            lambda x, h: x.transpose(1, 2).reshape(x.shape[0], h, x.shape[1], x.shape[2] // h)),
 ]
 
 
 def check_split_heads(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x [batch, seq, d_model], num_heads) -> [batch, heads, seq, d_head]``."""
-    return check_function("split_heads", fn, _split_ref, _split_cases(), mistakes=SPLIT_MISTAKES,
-                          atol=0, rtol=0, strict=strict)
+    return report(evaluate_function("split_heads", fn, _split_ref, _split_cases(), mistakes=SPLIT_MISTAKES,
+                                    atol=0, rtol=0), strict=strict)
 
 
 def _merge_ref(x: torch.Tensor) -> torch.Tensor:
@@ -260,20 +348,25 @@ MERGE_MISTAKES = [
 
 def check_merge_heads(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x [batch, heads, seq, d_head]) -> [batch, seq, heads * d_head]``."""
-    return check_function("merge_heads", fn, _merge_ref, _merge_cases(), mistakes=MERGE_MISTAKES,
-                          atol=0, rtol=0, strict=strict)
+    result = evaluate_function("merge_heads", fn, _merge_ref, _merge_cases(), mistakes=MERGE_MISTAKES, atol=0, rtol=0)
+    hints = [("view size is not compatible", "after transpose the tensor is not contiguous: .contiguous().view(...) "
+                                             "or .reshape(...)")]
+    return report(with_exception_hints(result, hints), strict=strict)
 
 
 # ----------------------------------------------------------------------------- the whole forward
 
 def _mha_variant(mha: MultiHeadAttention, query, key, value, mask=None, *, reshape_split=False, scale=None,
-                 out_proj=True, invert=False, dim=-1, kv_from_query=False):
+                 out_proj=True, invert=False, dim=-1, kv_from_query=False, split_order=False, reshape_merge=False,
+                 by_hand=False):
     """Multi-head attention with one knob per known mistake (all knobs off = correct)."""
     b, h = query.shape[0], mha.num_heads
 
     def split(x):
         if reshape_split:
             return x.reshape(b, h, x.shape[1], x.shape[2] // h)
+        if split_order:
+            return x.view(b, x.shape[1], x.shape[2] // h, h).permute(0, 3, 1, 2)
         return _split_ref(x, h)
 
     src_k, src_v = (query, query) if kv_from_query else (key, value)
@@ -282,7 +375,9 @@ def _mha_variant(mha: MultiHeadAttention, query, key, value, mask=None, *, resha
     if mask is not None:
         m = mask[:, None] if mask.ndim == 3 else mask
         scores = scores.masked_fill(m if invert else ~m, NEG_INF)
-    out = _merge_ref(torch.softmax(scores, dim=dim) @ v)
+    weights = _softmax_by_hand(scores, None) if by_hand else torch.softmax(scores, dim=dim)
+    heads = weights @ v
+    out = heads.reshape(b, heads.shape[2], -1) if reshape_merge else _merge_ref(heads)
     return mha.out_proj(out) if out_proj else out
 
 
@@ -299,11 +394,14 @@ def _mha_cases() -> list[tuple]:
     mem_k, mem_v = torch.randn(2, 6, 12, generator=g), torch.randn(2, 6, 12, generator=g)
     y = torch.randn(2, 5, 12, generator=g)
     mixed = _mixed_mask(g, 4, 4)
+    big = torch.randn(3, 5, 12, generator=g) * 12.0
     return [
         (mha, x, x, x, mixed),                                            # self-attention, mask mixed in every row
         (mha, x, mem_k, mem_v, None),                                     # cross-attention, no mask
         (mha, y, y, y, causal_mask(5)),                                   # causal
         (mha, x, mem_k, mem_v, padding_mask([6, 3])),                     # cross-attention with padding
+        (mha, x, mem_k, mem_v, padding_mask([2, 6]).flip(-1)),            # left padding
+        (mha, big, big, big, causal_mask(5)),                             # batch 3, scores above 88
     ]
 
 
@@ -325,6 +423,16 @@ MHA_MISTAKES = [
     Mistake("keys and values were projected from the query: use mha.k_proj(key) and mha.v_proj(value) "
             "(they differ from the query in cross-attention)",
             lambda mha, q, k, v, m: _mha_variant(mha, q, k, v, m, kv_from_query=True)),
+    Mistake("features split in the wrong order: each head owns a contiguous block of d_head features, so view the "
+            "last axis as (heads, d_head), not (d_head, heads)",
+            lambda mha, q, k, v, m: _mha_variant(mha, q, k, v, m, split_order=True)),
+    Mistake("heads merged by reshape without transpose: move the heads axis next to d_head first, "
+            "transpose(1, 2), then reshape to [batch, seq, d_model]",
+            lambda mha, q, k, v, m: _mha_variant(mha, q, k, v, m, reshape_merge=True)),
+    Mistake("exp overflows for scores above about 88: use torch.softmax, or subtract each row's maximum before exp",
+            lambda mha, q, k, v, m: _mha_variant(mha, q, k, v, m, by_hand=True)),
+    Mistake("the mask is ignored: fill the scores where the mask is False with -inf before the softmax",
+            lambda mha, q, k, v, m: _mha_variant(mha, q, k, v, None)),
 ]
 
 
@@ -340,10 +448,6 @@ def check_multi_head_attention(fn, strict: bool | None = None) -> CheckResult:
     ``mask`` is None or bool (True = allowed) broadcastable to [batch, heads, seq_q, seq_k]
     (here [seq_q, seq_k] or [batch, 1, 1, seq_k]).
     """
-    def learner(*args):
-        with torch.no_grad():
-            return fn(*args)
-
-    learner.__name__ = getattr(fn, "__name__", "fn")
-    return check_function("multi_head_attention", learner if callable(fn) else fn, _mha_reference, _mha_cases(),
-                          mistakes=MHA_MISTAKES, strict=strict)
+    result = evaluate_function("multi_head_attention", fn, _mha_reference, _mha_cases(), mistakes=MHA_MISTAKES,
+                               context=torch.no_grad)
+    return report(with_exception_hints(result, _AXES_HINTS), strict=strict)

@@ -6,6 +6,11 @@ even under a grader (to show what a checker says about a deliberately wrong func
 Each test case is chosen so that every known mistake gives an output different from the correct
 one and from the other mistakes (small positions and dimensions on the first case, so even the
 "inverted frequency" mistakes, with their huge angles, are computed reproducibly).
+
+The boundaries: a single position and the smallest d_model (2); offsets k = 0 (the identity), negative
+and larger than d_model; RoPE on one position (left unrotated), d = 2 and batches with head axes in
+front (so the positions must be read from axis -2); permutation tests with a batch at least as long as
+the sequence (so permuting the batch axis by mistake runs), with a permutation whose inverse differs.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from einops import rearrange
 
 from course.positional import apply_rope, permutation_gap, relative_offset_matrix, sinusoidal_encoding
 
-from .core import CheckResult, Mistake, check_function
+from .core import CheckResult, Mistake, check_function, evaluate_function, report, with_exception_hints
 
 # ----------------------------------------------------------------------------------------------
 # Sinusoidal encodings: fn(num_positions, d_model) -> [num_positions, d_model]
@@ -68,12 +73,17 @@ SINUSOIDAL_MISTAKES = [
             _pe_from(_standard, layout="sin-only")),
     Mistake("positions start at 1: the first row is position 0 (sin 0 = 0, cos 0 = 1)",
             _pe_from(_standard, start=1)),
+    Mistake("integer division in the exponent: 2 * i // d_model is 0 for every pair; divide with /, so the "
+            "exponent 2i/d_model is a fraction", _pe_from(lambda pos, two_i, d: pos / torch.pow(10000.0, two_i // d))),
+    Mistake("wrong exponent: the exponent is 2i/d_model with i counting pairs (0, 1, 2, ...); with "
+            "torch.arange(0, d_model, 2) the values are already 2i, so don't double them",
+            _pe_from(lambda pos, two_i, d: pos / torch.pow(10000.0, 2 * two_i / d))),
 ]
 
 
 def check_sinusoidal_encoding(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(num_positions, d_model) -> [num_positions, d_model]`` (float) against the 2017 formula."""
-    cases = [(5, 4), (6, 8), (50, 16), (3, 2)]
+    cases = [(5, 4), (6, 8), (50, 16), (3, 2), (1, 6)]
     return check_function("sinusoidal_encoding", fn, sinusoidal_encoding, cases,
                           mistakes=SINUSOIDAL_MISTAKES, atol=1e-5, rtol=1e-4, strict=strict)
 
@@ -107,12 +117,19 @@ OFFSET_MISTAKES = [
     Mistake("this is PE(k) laid on the diagonal, not a rotation: each 2x2 block is "
             "[[cos(kw), sin(kw)], [-sin(kw), cos(kw)]]",
             lambda k, d: torch.diag(sinusoidal_encoding(abs(k) + 1, d)[abs(k)])),
+    Mistake("sin and cos swapped inside each block: the diagonal of a block holds cos(kw), the corners "
+            "+sin(kw) (top right) and -sin(kw) (bottom left)",
+            lambda k, d: _blocks(k, d, lambda a: torch.tensor([[math.sin(a), math.cos(a)], [-math.cos(a), math.sin(a)]],
+                                                              dtype=torch.float64))),
+    Mistake("both corners of a block have the same sign: a rotation is [[cos, sin], [-sin, cos]]",
+            lambda k, d: _blocks(k, d, lambda a: torch.tensor([[math.cos(a), math.sin(a)], [math.sin(a), math.cos(a)]],
+                                                              dtype=torch.float64))),
 ]
 
 
 def check_relative_offset_matrix(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(k, d_model) -> M_k: [d_model, d_model]`` (block-diagonal rotations by ``k * omega_i``)."""
-    cases = [(3, 4), (1, 8), (-2, 6), (7, 2)]
+    cases = [(3, 4), (1, 8), (-2, 6), (7, 2), (0, 4), (13, 6)]
     return check_function("relative_offset_matrix", fn, relative_offset_matrix, cases,
                           mistakes=OFFSET_MISTAKES, atol=1e-5, rtol=1e-4, strict=strict)
 
@@ -129,6 +146,8 @@ def _rope_cases() -> list[tuple]:
         (torch.randn(3, 7, 8, generator=g),),
         (torch.randn(2, 3, 6, 8, generator=g),),   # [batch, heads, seq, d_head]
         (torch.randn(1, 4, 2, generator=g),),
+        (torch.randn(2, 4, 1, 6, generator=g),),   # a single position: left as it is
+        (torch.randn(3, 9, 10, generator=g),),     # odd seq, d/2 odd, batch 3
     ]
 
 
@@ -165,13 +184,22 @@ ROPE_MISTAKES = [
             _rope_with(_omega, pos_shift=1)),
     Mistake("one frequency for every pair: pair i turns at omega_i = 10000^(-2i/d)",
             _rope_with(lambda d: torch.ones(d // 2, dtype=torch.float64))),
+    Mistake("wrong exponent: omega_i = 10000^(-2i/d) with i counting pairs; you used i/d",
+            _rope_with(lambda d: torch.pow(10000.0, -torch.arange(0, d // 2, dtype=torch.float64) / d))),
+    Mistake("wrong exponent: omega_i = 10000^(-2i/d) with i counting pairs (0, 1, 2, ...); the values of "
+            "torch.arange(0, d, 2) are already 2i, so don't double them",
+            _rope_with(lambda d: torch.pow(10000.0, -2 * torch.arange(0, d, 2, dtype=torch.float64) / d))),
 ]
+
+ROPE_EXCEPTION_HINTS = [("must match the size", "the positions run along the second-to-last axis: "
+                                                "seq = x.shape[-2] (x.shape[1] is the heads axis for [batch, heads, seq, d])")]
 
 
 def check_apply_rope(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x: [..., seq, d]) -> [..., seq, d]``: RoPE with positions 0..seq-1, base 10000, adjacent pairs."""
-    return check_function("apply_rope", fn, lambda x: apply_rope(x), _rope_cases(),
-                          mistakes=ROPE_MISTAKES, atol=1e-5, rtol=1e-4, strict=strict)
+    result = evaluate_function("apply_rope", fn, lambda x: apply_rope(x), _rope_cases(), mistakes=ROPE_MISTAKES,
+                               atol=1e-5, rtol=1e-4)
+    return report(with_exception_hints(result, ROPE_EXCEPTION_HINTS), strict=strict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,7 +227,10 @@ def _perm_cases() -> list[tuple]:
     g = torch.Generator().manual_seed(5)
     perm5 = torch.tensor([2, 0, 3, 4, 1])      # a 5-cycle: its inverse is a different permutation
     perm6 = torch.tensor([1, 2, 0, 5, 3, 4])
+    batch_first = torch.randn(6, 5, 4, generator=torch.Generator().manual_seed(6))
     return [
+        # batch 6 >= seq 5: x[perm] (the batch axis) runs instead of failing
+        (_toy_attention(3, positions=True), batch_first, perm5),
         (_toy_attention(0, positions=True), torch.randn(2, 5, 4, generator=g), perm5),
         (_toy_attention(1, positions=False), torch.randn(3, 5, 4, generator=g), perm5),
         (_toy_attention(2, positions=True), torch.randn(1, 6, 4, generator=g), perm6),
@@ -215,11 +246,20 @@ PERMUTATION_MISTAKES = [
             lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs().mean()),
     Mistake("take the absolute value before the maximum: .abs().max()",
             lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).max()),
+    Mistake("permuted the batch axis: x[perm] reorders the sequences of the batch; the positions are axis 1, "
+            "x[:, perm] and f(x)[:, perm]",
+            lambda f, x, perm: (f(x[perm]) - f(x)[perm]).abs().max()),
+    Mistake("the difference is signed: the gap is the largest ABSOLUTE difference, .abs().max()",
+            lambda f, x, perm: (f(x)[:, perm] - f(x[:, perm])).max()),
+    Mistake("this is the norm of the whole difference, not its largest entry: .abs().max()",
+            lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).norm()),
 ]
 
 
 def check_permutation_gap(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(f, x: [batch, seq, d], perm: [seq]) -> 0-d tensor max |f(x[:, perm]) - f(x)[:, perm]|``."""
-    return check_function("permutation_gap", fn, permutation_gap, _perm_cases(),
-                          mistakes=PERMUTATION_MISTAKES, output_names=("gap",), atol=1e-5, rtol=1e-4,
-                          strict=strict)
+    result = evaluate_function("permutation_gap", fn, permutation_gap, _perm_cases(), mistakes=PERMUTATION_MISTAKES,
+                               output_names=("gap",), atol=1e-5, rtol=1e-4)
+    hints = [("out of bounds for dimension 0", "the positions are axis 1: permute them with x[:, perm] and f(x)[:, perm] "
+                                               "(x[perm] reorders the batch)")]
+    return report(with_exception_hints(result, hints), strict=strict)

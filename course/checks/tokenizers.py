@@ -1,5 +1,10 @@
 """Checkers for lesson 02 (tokens and embeddings): pair counts, merge, embedding lookup.
 
+The cases hold the boundaries of each exercise: a pair at the very start and at the very end, runs of
+one id (overlapping pairs), a single id and no ids at all, and ids that share digits (``[21, 3, 1, 3]``
+holds ``(1, 3)`` once, though the text "21 3 1 3" holds "1 3" twice), so that tricks on the ids written
+out as text do not pass. The embedding cases have the largest id both below and at ``vocab - 1``.
+
 Two of these exercises return plain Python values (a dict of pair counts, a list of ids), which
 :func:`course.checks.core.check_values` compares (the engine for plain values, beside the one for
 tensors).
@@ -20,6 +25,7 @@ from .core import CheckResult, Mistake, check_values, evaluate_function, report,
 def _pair_counts_cases() -> list[tuple]:
     return [
         ([1, 2, 1, 2, 1, 2, 3],),     # every mistake below gives a different answer here
+        ([21, 3, 1, 3],),             # ids that share digits: as text, "21 3 1 3" holds "1 3" twice
         ([1, 2, 3, 1, 2],),           # (1, 2) twice, the second time as the last pair
         ([5, 5, 5],),                 # overlapping: (5, 5) twice
         ([7, 8],),                    # a single pair, which is also the last pair
@@ -27,6 +33,7 @@ def _pair_counts_cases() -> list[tuple]:
         ([3],),                       # no pairs at all
         ([],),
         ([104, 101, 108, 108, 111, 32, 104, 101],),  # "hello he" as bytes
+        ([1, 23, 1, 2],),             # "1 23 1 2" holds "1 2" twice, the pair (1, 2) once
     ]
 
 
@@ -46,6 +53,11 @@ def _count_skipping_runs(ids):
     return out
 
 
+def _text_counts(ids):
+    text = " ".join(map(str, ids))
+    return {(a, b): text.count(f"{a} {b}") for a, b in zip(ids, ids[1:])}
+
+
 PAIR_COUNT_MISTAKES = [
     Mistake("the last pair is not counted: the pairs run up to (ids[-2], ids[-1]); loop over range(len(ids) - 1) "
             "or zip(ids, ids[1:])",
@@ -59,6 +71,8 @@ PAIR_COUNT_MISTAKES = [
             lambda ids: {p: 1 for p in zip(ids, ids[1:])}),
     Mistake("the pairs are reversed: the key is (ids[i], ids[i + 1]), left element first",
             lambda ids: _counts(zip(ids[1:], ids))),
+    Mistake("the ids were counted as text: in \"21 3 1 3\" the text \"1 3\" occurs twice, the pair (1, 3) once; "
+            "count pairs of ids, zip(ids, ids[1:])", _text_counts),
 ]
 
 
@@ -73,6 +87,8 @@ def check_pair_counts(fn, strict: bool | None = None) -> CheckResult:
 # ----------------------------------------------------------------------------------------------
 def _merge_cases() -> list[tuple]:
     return [
+        ([1, 2, 3], (1, 2), 9),          # at the very start
+        ([1, 1, 2], (1, 2), 9),          # at an odd position, after a near miss
         ([1, 2, 3, 1, 2], (1, 2), 99),   # twice, the second time at the very end
         ([5, 5, 5], (5, 5), 256),        # overlapping: only the first two merge
         ([5, 5, 5, 5], (5, 5), 256),     # two occurrences back to back
@@ -80,6 +96,9 @@ def _merge_cases() -> list[tuple]:
         ([2, 1, 2, 1], (1, 2), 7),       # the reverse pair (2, 1) must be left alone
         ([1, 3, 2], (1, 2), 7),          # no occurrence
         ([], (1, 2), 7),
+        ([4], (4, 4), 9),                # a single id
+        ([11, 2, 1, 2], (1, 2), 99),     # ids that share digits: as text, "11 2" contains "1 2"
+        ([1, 21, 2], (1, 2), 99),        # and "1 21" starts with "1 2"
     ]
 
 
@@ -130,6 +149,22 @@ def _merge_from_right(ids, pair, new_id):
     return merge(list(ids)[::-1], (pair[1], pair[0]), new_id)[::-1]
 
 
+def _merge_even_positions(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == tuple(pair):
+            out.append(new_id)
+        else:
+            out.extend(ids[i:i + 2])
+        i += 2
+    return out
+
+
+def _merge_as_text(ids, pair, new_id):
+    text = " ".join(map(str, ids)).replace(f"{pair[0]} {pair[1]}", str(new_id))
+    return [int(t) for t in text.split()]
+
+
 MERGE_MISTAKES = [
     Mistake("after a match, skip both elements of the pair (i += 2): the pair's second element was kept",
             _merge_replace_both),
@@ -142,8 +177,13 @@ MERGE_MISTAKES = [
     Mistake("only the first occurrence was replaced: keep scanning to the end", _merge_first_only),
     Mistake("merged from the right: scan left to right, so [7, 7, 7] gives [new_id, 7], not [7, new_id]",
             _merge_from_right),
-    Mistake("nothing was replaced: build a new list, appending new_id where the pair starts",
+    Mistake("nothing was replaced: append new_id where the pair starts (a list never equals a tuple: compare "
+            "(ids[i], ids[i + 1]) == tuple(pair), or element by element)",
             lambda ids, pair, new_id: list(ids)),
+    Mistake("only pairs starting at even positions were looked at: after a non-match, move on by one (i += 1), "
+            "not by two", _merge_even_positions),
+    Mistake("the ids were replaced as text: \"11 2\" contains \"1 2\", though the ids are 11 and 2; compare ids, "
+            "ids[i] == pair[0] and ids[i + 1] == pair[1]", _merge_as_text),
 ]
 
 
@@ -174,6 +214,8 @@ EMBEDDING_MISTAKES = [
             lambda ids, W: F.one_hot(ids, W.shape[1]).to(W.dtype) @ W.T),
     Mistake("off by one: token i's vector is row i of W (ids start at 0)",
             lambda ids, W: F.one_hot((ids + 1) % W.shape[0], W.shape[0]).to(W.dtype) @ W),
+    Mistake("off by one: token i's vector is row i of W (ids start at 0)",
+            lambda ids, W: F.one_hot((ids - 1) % W.shape[0], W.shape[0]).to(W.dtype) @ W),
 ]
 
 EMBEDDING_EXCEPTION_HINTS = [

@@ -1,4 +1,5 @@
-"""Lesson 04's checkers: a library of wrong implementations, each caught with the right hint.
+"""Lesson 04's checkers: libraries of learner-style right and wrong answers (see answer_library.py), each wrong
+one caught with the right hint, each right one accepted; every registered mistake reachable.
 
 The wrong implementations are written the way a learner would write them (loops, torch.pow,
 math.sin), not copied from the checker's own mistake list, so the tests prove the hints recognise
@@ -37,7 +38,8 @@ def pe_loops(num_positions, d_model, *, swap=False, invert=False, exponent="2i",
         p = pos + start
         for i in range(d_model // 2):
             for col in (2 * i, 2 * i + 1):
-                e = {"2i": 2 * i / d_model, "i": i / d_model, "col": col / d_model, "no-d": 2 * i}[exponent]
+                e = {"2i": 2 * i / d_model, "i": i / d_model, "col": col / d_model, "no-d": 2 * i,
+                     "int": 2 * i // d_model, "4i": 4 * i / d_model}[exponent]
                 angle = p * 10000 ** e if invert else p / 10000 ** e
                 is_sin = (col % 2 == 0) != swap or only_sin
                 value = math.sin(angle) if is_sin else math.cos(angle)
@@ -55,6 +57,29 @@ def correct_sinusoidal(num_positions, d_model):
     return pe
 
 
+def pe_arange_doubled(num_positions, d_model):
+    two_i = torch.arange(0, d_model, 2).float()
+    angles = torch.arange(num_positions).float()[:, None] / 10000 ** (2 * two_i / d_model)
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)
+
+
+def pe_float64(num_positions, d_model):
+    pos = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    omega = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    return torch.stack([(pos * omega).sin(), (pos * omega).cos()], dim=-1).reshape(num_positions, d_model)
+
+
+def pe_base(num_positions, d_model, base):
+    pos = torch.arange(num_positions).float()[:, None]
+    omega = base ** (-torch.arange(0, d_model, 2).float() / d_model)
+    return torch.stack([(pos * omega).sin(), (pos * omega).cos()], -1).flatten(1)
+
+
+def pe_cos_as_shifted_sin(num_positions, d_model):
+    angles = torch.arange(num_positions)[:, None] * 10000 ** (-torch.arange(0, d_model, 2) / d_model)
+    return torch.stack([angles.sin(), (angles + math.pi / 2).sin()], -1).flatten(1).float()
+
+
 WRONG_SINUSOIDAL = {
     "sin/cos swapped": (lambda n, d: pe_loops(n, d, swap=True), "sin and cos are swapped"),
     "frequencies inverted": (lambda n, d: pe_loops(n, d, invert=True), "frequencies inverted"),
@@ -64,22 +89,18 @@ WRONG_SINUSOIDAL = {
     "halves": (lambda n, d: pe_loops(n, d, halves=True), "two halves"),
     "only sin": (lambda n, d: pe_loops(n, d, only_sin=True), "only sines"),
     "positions from 1": (lambda n, d: pe_loops(n, d, start=1), "positions start at 1"),
+    "integer division": (lambda n, d: pe_loops(n, d, exponent="int"), "integer division in the exponent"),
+    "2i doubled": (pe_arange_doubled, "don't double them"),
+    "transposed": (lambda n, d: correct_sinusoidal(n, d).T, "has shape (4, 5), expected (5, 4)"),
+    "a NumPy array": (lambda n, d: correct_sinusoidal(n, d).numpy(), "got a NumPy array"),
+    # holdout: written after the checker was finished; None where the line only says the values differ
+    "base 1000": (lambda n, d: pe_base(n, d, 1000.0), None),
 }
+RIGHT_SINUSOIDAL = {"exp and log": correct_sinusoidal, "loops with math.sin": pe_loops, "float64": pe_float64,
+                    "cos as a shifted sin": pe_cos_as_shifted_sin}  # the last: holdout
 
 
-def test_correct_sinusoidal_passes_two_ways():
-    assert check_sinusoidal_encoding(correct_sinusoidal).status == PASSED
-    assert check_sinusoidal_encoding(pe_loops).status == PASSED
-
-
-@pytest.mark.parametrize("name", list(WRONG_SINUSOIDAL))
-def test_each_wrong_sinusoidal_fails_with_its_hint(name):
-    fn, words = WRONG_SINUSOIDAL[name]
-    assert_fails_with(check_sinusoidal_encoding(fn), words)
-
-
-def test_sinusoidal_wrong_shape_and_raising_give_one_line():
-    assert_fails_with(check_sinusoidal_encoding(lambda n, d: correct_sinusoidal(n, d).T), "has shape (4, 5), expected (5, 4)")
+def test_sinusoidal_raising_gives_one_line():
     assert_fails_with(check_sinusoidal_encoding(lambda n, d: torch.zeros(n, d)[:, 99]), "raised IndexError")
 
 
@@ -92,12 +113,13 @@ def test_sinusoidal_not_attempted():
 # ------------------------------------------------------------------------------------ offset matrix
 
 
-def offset_loops(k, d_model, *, transpose=False, invert=False, forget_k=False):
+def offset_loops(k, d_model, *, transpose=False, invert=False, forget_k=False, swap=False, same_sign=False):
     m = torch.zeros(d_model, d_model)
     for i in range(d_model // 2):
         w = 10000 ** (2 * i / d_model) if invert else 1 / 10000 ** (2 * i / d_model)
         a = (1 if forget_k else k) * w
-        block = torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
+        c, s = (math.sin(a), math.cos(a)) if swap else (math.cos(a), math.sin(a))
+        block = torch.tensor([[c, s], [s if same_sign else -s, c]])
         m[2 * i:2 * i + 2, 2 * i:2 * i + 2] = block.T if transpose else block
     return m
 
@@ -106,33 +128,41 @@ WRONG_OFFSET = {
     "wrong direction": (lambda k, d: offset_loops(k, d, transpose=True), "wrong way"),
     "frequencies inverted": (lambda k, d: offset_loops(k, d, invert=True), "frequencies inverted"),
     "forgot k": (lambda k, d: offset_loops(k, d, forget_k=True), "misses the offset"),
+    "sin and cos swapped": (lambda k, d: offset_loops(k, d, swap=True), "sin and cos swapped inside each block"),
+    "no minus sign": (lambda k, d: offset_loops(k, d, same_sign=True), "both corners of a block have the same sign"),
+    "a column short": (lambda k, d: offset_loops(k, d)[:, :-1], "has shape (4, 3)"),
+    "k + 1": (lambda k, d: offset_loops(k + 1, d), None),  # holdout
 }
 
 
-def test_correct_offset_matrix_passes():
-    assert check_relative_offset_matrix(offset_loops).status == PASSED
+def offset_block_diag(k, d_model):
+    omega = torch.pow(10000.0, -torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    c, s = torch.cos(k * omega), torch.sin(k * omega)
+    return torch.block_diag(*[torch.stack([torch.stack([ci, si]), torch.stack([-si, ci])]) for ci, si in zip(c, s)]).float()
 
 
-@pytest.mark.parametrize("name", list(WRONG_OFFSET))
-def test_each_wrong_offset_matrix_fails_with_its_hint(name):
-    fn, words = WRONG_OFFSET[name]
-    assert_fails_with(check_relative_offset_matrix(fn), words)
+def offset_from_encodings(k, d_model):
+    pe = torch.zeros(d_model, d_model)
+    for i in range(0, d_model, 2):
+        a = k / 10000 ** (i / d_model)
+        pe[i, i] = pe[i + 1, i + 1] = math.cos(a)
+        pe[i, i + 1], pe[i + 1, i] = math.sin(a), -math.sin(a)
+    return pe
 
 
-def test_offset_matrix_wrong_shape_gives_one_line():
-    assert_fails_with(check_relative_offset_matrix(lambda k, d: offset_loops(k, d)[:, :-1]), "has shape (4, 3)")
+RIGHT_OFFSET = {"loops": offset_loops, "block_diag in float64": offset_block_diag, "index assignment": offset_from_encodings}
 
 
 # ------------------------------------------------------------------------------------ RoPE
 
 
-def rope_loops(x, *, sign=1.0, halves=False, invert=False, no_pos=False, start=0, one_freq=False):
+def rope_loops(x, *, sign=1.0, halves=False, invert=False, no_pos=False, start=0, one_freq=False, exponent=2):
     """Learner-style RoPE over the last two axes, with switches for the classic mistakes."""
     out = x.clone()
     seq, d = x.shape[-2], x.shape[-1]
     for m in range(seq):
         for i in range(d // 2):
-            w = 1.0 if one_freq else (10000 ** (2 * i / d) if invert else 10000 ** (-2 * i / d))
+            w = 1.0 if one_freq else (10000 ** (exponent * i / d) if invert else 10000 ** (-exponent * i / d))
             angle = (1.0 if no_pos else (m + start)) * w
             c, s = math.cos(angle), sign * math.sin(angle)
             a, b = (i, i + d // 2) if halves else (2 * i, 2 * i + 1)
@@ -150,6 +180,29 @@ def rope_complex(x):
     return torch.view_as_real(z * rot).reshape(x.shape)
 
 
+def rope_float64_cached(x):
+    seq, d = x.shape[-2], x.shape[-1]
+    omega = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    angles = torch.arange(seq, dtype=torch.float64)[:, None] * omega
+    cos, sin = angles.cos().repeat_interleave(2, -1), angles.sin().repeat_interleave(2, -1)
+    rotated = torch.stack([-x[..., 1::2], x[..., 0::2]], dim=-1).flatten(-2)   # (-x1, x0) for each pair
+    return (x.double() * cos + rotated.double() * sin).to(x.dtype)
+
+
+def rope_positions_from_axis_1(x):
+    d = x.shape[-1]
+    omega = 10000.0 ** (-torch.arange(0, d, 2).float() / d)
+    angles = torch.arange(x.shape[1]).float()[:, None] * omega
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x0 * angles.cos() - x1 * angles.sin(), x0 * angles.sin() + x1 * angles.cos()], -1).flatten(-2)
+
+
+def rope_cos_only(x):
+    seq, d = x.shape[-2:]
+    angles = torch.arange(seq).float()[:, None] * 10000 ** (-torch.arange(0, d, 2).float() / d)
+    return torch.stack([x[..., 0::2] * angles.cos(), x[..., 1::2] * angles.cos()], -1).flatten(-2)
+
+
 WRONG_ROPE = {
     "rotated the wrong way": (lambda x: rope_loops(x, sign=-1.0), "wrong way"),
     "rotate-half pairing": (lambda x: rope_loops(x, halves=True), "paired the wrong dimensions"),
@@ -157,18 +210,12 @@ WRONG_ROPE = {
     "angle ignores position": (lambda x: rope_loops(x, no_pos=True), "ignores the position"),
     "positions from 1": (lambda x: rope_loops(x, start=1), "positions start at 1"),
     "one frequency": (lambda x: rope_loops(x, one_freq=True), "one frequency for every pair"),
+    "exponent i/d": (lambda x: rope_loops(x, exponent=1), "you used i/d"),
+    "2i doubled": (lambda x: rope_loops(x, exponent=4), "don't double them"),
+    "positions from axis 1": (rope_positions_from_axis_1, "the positions run along the second-to-last axis"),
+    "cos only": (rope_cos_only, None),  # holdout
 }
-
-
-def test_correct_rope_passes_two_ways():
-    assert check_apply_rope(rope_loops).status == PASSED
-    assert check_apply_rope(rope_complex).status == PASSED
-
-
-@pytest.mark.parametrize("name", list(WRONG_ROPE))
-def test_each_wrong_rope_fails_with_its_hint(name):
-    fn, words = WRONG_ROPE[name]
-    assert_fails_with(check_apply_rope(fn), words)
+RIGHT_ROPE = {"loops": rope_loops, "complex numbers": rope_complex, "float64, cos and sin repeated": rope_float64_cached}
 
 
 def test_rope_raising_and_in_place_give_one_line():
@@ -188,30 +235,60 @@ def correct_gap(f, x, perm):
     return (f(x[:, perm]) - f(x)[:, perm]).abs().max()
 
 
+def gap_loops(f, x, perm):
+    a, b = f(x[:, perm]), f(x)[:, perm]
+    worst = torch.tensor(0.0)
+    for i in range(a.shape[0]):
+        worst = torch.maximum(worst, (a[i] - b[i]).abs().max())
+    return worst
+
+
 WRONG_GAP = {
     "output not permuted": (lambda f, x, perm: (f(x[:, perm]) - f(x)).abs().max(), "must be permuted too"),
     "inverse permutation": (lambda f, x, perm: (f(x[:, perm]) - f(x)[:, torch.argsort(perm)]).abs().max(),
                             "the wrong way"),
     "mean instead of max": (lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs().mean(), "not the mean"),
+    "the batch axis permuted": (lambda f, x, perm: (f(x[perm]) - f(x)[perm]).abs().max(), "permuted the batch axis"),
+    "signed, the other way round": (lambda f, x, perm: (f(x)[:, perm] - f(x[:, perm])).max(), "the difference is signed"),
+    "a norm": (lambda f, x, perm: torch.linalg.norm(f(x[:, perm]) - f(x)[:, perm]), "the norm of the whole difference"),
+    "a float": (lambda f, x, perm: float(correct_gap(f, x, perm)), "gap should be a torch.Tensor, got float"),
+    "a bool": (lambda f, x, perm: torch.allclose(f(x[:, perm]), f(x)[:, perm]), "gap should be a torch.Tensor, got bool"),
+    "one gap per sequence": (lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs().amax(dim=(1, 2)),
+                             "gap has shape (6,), expected a single number"),
+    "a sum": (lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs().sum(), None),  # holdout
+}
+RIGHT_GAP = {
+    ".abs().max()": correct_gap,
+    "torch.max of torch.abs": lambda f, x, perm: torch.max(torch.abs(f(x[:, perm]) - f(x)[:, perm])),
+    "a loop over the batch": gap_loops,
+    "the infinity norm": lambda f, x, perm: torch.linalg.vector_norm(f(x[:, perm]) - f(x)[:, perm], ord=float("inf")),
 }
 
 
-def test_correct_permutation_gap_passes():
-    assert check_permutation_gap(correct_gap).status == PASSED
-
-
-@pytest.mark.parametrize("name", list(WRONG_GAP))
-def test_each_wrong_permutation_gap_fails_with_its_hint(name):
-    fn, words = WRONG_GAP[name]
-    assert_fails_with(check_permutation_gap(fn), words)
-
-
-def test_permutation_gap_wrong_type_and_raising_give_one_line():
-    assert_fails_with(check_permutation_gap(lambda f, x, perm: float(correct_gap(f, x, perm))),
-                       "gap should be a torch.Tensor, got float")
+def test_permutation_gap_that_raises_gives_one_line():
     assert_fails_with(check_permutation_gap(lambda f, x, perm: correct_gap(f, x[perm], perm)), "raised IndexError")
-    assert_fails_with(check_permutation_gap(lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs()),
-                       "gap has shape")
+
+
+# ------------------------------------------------------------------------------------ the libraries
+
+_CHECKERS = [(check_sinusoidal_encoding, WRONG_SINUSOIDAL, RIGHT_SINUSOIDAL),
+             (check_relative_offset_matrix, WRONG_OFFSET, RIGHT_OFFSET),
+             (check_apply_rope, WRONG_ROPE, RIGHT_ROPE), (check_permutation_gap, WRONG_GAP, RIGHT_GAP)]
+# In the shape tests/checks/answer_library.py reads:
+WRONG_ANSWERS = [(checker, label, fn, words) for checker, wrong, _ in _CHECKERS for label, (fn, words) in wrong.items()]
+RIGHT_ANSWERS = [(checker, label, fn) for checker, _, right in _CHECKERS for label, fn in right.items()]
+
+
+@pytest.mark.parametrize("checker,label,fn,words", WRONG_ANSWERS,
+                         ids=[f"{c.__name__}:{label}" for c, label, _, _ in WRONG_ANSWERS])
+def test_each_wrong_answer_fails_with_its_hint(checker, label, fn, words):
+    assert_fails_with(checker(fn), words or "")
+
+
+@pytest.mark.parametrize("checker,label,fn", RIGHT_ANSWERS, ids=[f"{c.__name__}:{label}" for c, label, _ in RIGHT_ANSWERS])
+def test_each_right_answer_passes(checker, label, fn):
+    result = checker(fn)
+    assert result.status == PASSED, result.line
 
 
 # ------------------------------------------------------------------------------------ every hint is reachable

@@ -1,24 +1,25 @@
-"""Lesson 01's checkers: a library of wrong implementations, each caught with its own hint."""
+"""Lesson 01's checkers: libraries of learner-style right and wrong answers (see answer_library.py), each
+wrong one caught with the words of its hint, each right one accepted; every registered mistake reachable."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from checker_assertions import assert_fails_with
+from course.checks import rnn as cr
 from course.checks.core import NOT_ATTEMPTED
 from course.checks.rnn import check_gradient_reach, check_rnn_step, check_self_attend, check_sequential_steps
 from course.rnn import gradient_reach, rnn_step, sequential_steps
 
 # One wrong attention uses x.T on a batch on purpose; PyTorch warns that this is deprecated.
-pytestmark = pytest.mark.filterwarnings("ignore:The use of `x.T`:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:The use of `x.T`:UserWarning"), pytest.mark.usefixtures("lenient_checks")]
 
 
 def _run(checker, fn):
     return checker(fn, strict=False)
-
-
 
 
 # --- one RNN step -------------------------------------------------------------------------------
@@ -26,33 +27,55 @@ def correct_rnn_step(x_t, h_prev, W_xh, W_hh, b):
     return torch.tanh(x_t @ W_xh + h_prev @ W_hh + b)
 
 
-WRONG_RNN_STEPS = {
-    "no tanh": (lambda x, h, Wx, Wh, b: x @ Wx + h @ Wh + b, "tanh is missing"),
-    "input instead of hidden": (lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + x @ Wh + b), "x_t was used where"),
-    "no recurrence": (lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + b), "previous hidden state is left out"),
-    "both transposed": (lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx.T + h @ Wh.T + b), "transposed weights"),
-    "W_hh transposed": (lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + h @ Wh.T + b), "W_hh is transposed"),
-    "no bias": (lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + h @ Wh), "bias b is missing"),
-    "sigmoid": (lambda x, h, Wx, Wh, b: torch.sigmoid(x @ Wx + h @ Wh + b), "sigmoid instead of tanh"),
-    "relu": (lambda x, h, Wx, Wh, b: torch.relu(x @ Wx + h @ Wh + b), "ReLU instead of tanh"),
-    "torch's layout": (lambda x, h, Wx, Wh, b: torch.tanh(Wx @ x + Wh @ h + b), "shapes do not line up"),
-}
+def rnn_step_einsum(x_t, h_prev, W_xh, W_hh, b):
+    return torch.tanh(torch.einsum("bi,ih->bh", x_t, W_xh) + torch.einsum("bj,jh->bh", h_prev, W_hh) + b)
 
 
-def test_correct_rnn_step_and_the_course_version_pass():
-    assert _run(check_rnn_step, correct_rnn_step).passed
-    assert _run(check_rnn_step, rnn_step).line.startswith("✓ RNN step: correct on 3 case(s)")
+def rnn_step_linear(x_t, h_prev, W_xh, W_hh, b):
+    return torch.tanh(F.linear(x_t, W_xh.T, b) + F.linear(h_prev, W_hh.T))
 
 
-@pytest.mark.parametrize("name", list(WRONG_RNN_STEPS))
-def test_each_wrong_rnn_step_fails_with_its_hint(name):
-    fn, words = WRONG_RNN_STEPS[name]
-    assert_fails_with(_run(check_rnn_step, fn), words)
+def rnn_step_loops(x_t, h_prev, W_xh, W_hh, b):
+    rows = [torch.tanh(x_t[i] @ W_xh + h_prev[i] @ W_hh + b) for i in range(x_t.shape[0])]
+    return torch.stack(rows)
 
 
-def test_rnn_step_of_the_wrong_shape_gets_a_one_line_message():
-    assert_fails_with(_run(check_rnn_step, lambda x, h, Wx, Wh, b: correct_rnn_step(x, h, Wx, Wh, b).sum(0)),
-                      "h_t has shape (4,), expected (3, 4)")
+def rnn_step_float64(x_t, h_prev, W_xh, W_hh, b):
+    pre = x_t.double() @ W_xh.double() + h_prev.double() @ W_hh.double() + b.double()
+    return pre.tanh().float()
+
+
+WRONG_RNN_STEPS = [
+    ("no tanh", lambda x, h, Wx, Wh, b: x @ Wx + h @ Wh + b, "tanh is missing"),
+    ("input instead of hidden", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + x @ Wh + b), "x_t was used where"),
+    ("no recurrence", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + b), "previous hidden state is left out"),
+    ("both transposed", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx.T + h @ Wh.T + b), "transposed weights"),
+    ("W_hh transposed", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + h @ Wh.T + b), "W_hh is transposed"),
+    ("weights swapped", lambda x, h, Wx, Wh, b: torch.tanh(h @ Wx + x @ Wh + b), "the weights are swapped"),
+    ("no bias", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + h @ Wh), "bias b is missing"),
+    ("bias after tanh", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + h @ Wh) + b, "bias is added after the tanh"),
+    ("tanh of the input term only", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + b) + h @ Wh, "tanh covers only part"),
+    ("sigmoid", lambda x, h, Wx, Wh, b: torch.sigmoid(x @ Wx + h @ Wh + b), "sigmoid instead of tanh"),
+    ("relu", lambda x, h, Wx, Wh, b: torch.relu(x @ Wx + h @ Wh + b), "ReLU instead of tanh"),
+    ("torch's layout", lambda x, h, Wx, Wh, b: torch.tanh(Wx @ x + Wh @ h + b), "shapes do not line up"),
+    ("elementwise product", lambda x, h, Wx, Wh, b: torch.tanh(x * Wx + h * Wh + b), "@ is the matrix product"),
+    ("first sequence's state for all", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + h[0] @ Wh + b),
+     "right for the first item along axis 0 and wrong for the others"),
+    ("summed over the batch", lambda x, h, Wx, Wh, b: correct_rnn_step(x, h, Wx, Wh, b).sum(0),
+     "h_t has shape (4,), expected (3, 4): the first (batch) axis is missing"),
+    # holdout: written after the checker was finished; None where the line only says the values differ
+    ("transposed result", lambda x, h, Wx, Wh, b: correct_rnn_step(x, h, Wx, Wh, b).T, "the last two axes are swapped"),
+    ("a tanh for each term", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx) + torch.tanh(h @ Wh) + b, None),
+    ("minus b", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + h @ Wh - b), None),
+]
+
+RIGHT_RNN_STEPS = [("matmul", correct_rnn_step), ("the course's", rnn_step), ("einsum", rnn_step_einsum),
+                   ("F.linear", rnn_step_linear), ("a loop over the batch", rnn_step_loops),
+                   ("float64 inside", rnn_step_float64)]
+
+
+def test_the_course_version_passes_with_its_count_of_cases():
+    assert _run(check_rnn_step, rnn_step).line.startswith("✓ RNN step: correct on 4 case(s)")
 
 
 def test_rnn_step_that_raises_gets_a_one_line_message():
@@ -80,58 +103,89 @@ def correct_self_attend(x):
     return torch.softmax(scores, dim=-1) @ x
 
 
-WRONG_ATTENDS = {
-    "wrong axis": (lambda x: torch.softmax(x @ x.transpose(-2, -1) / math.sqrt(x.shape[-1]), dim=-2) @ x,
-                   "wrong axis"),
-    "no scale": (lambda x: torch.softmax(x @ x.transpose(-2, -1), dim=-1) @ x, "not scaled"),
-    "divide by d": (lambda x: torch.softmax(x @ x.transpose(-2, -1) / x.shape[-1], dim=-1) @ x, "instead of sqrt(d)"),
-    "no softmax": (lambda x: (x @ x.transpose(-2, -1) / math.sqrt(x.shape[-1])) @ x, "no softmax"),
-    "x.T on a batch": (lambda x: torch.softmax(x @ x.T / math.sqrt(x.shape[-1]), dim=-1) @ x, "x.transpose(-2, -1)"),
-}
+def self_attend_einsum(x):
+    scores = torch.einsum("...id,...jd->...ij", x, x) / x.size(-1) ** 0.5
+    return torch.einsum("...ij,...jd->...id", scores.softmax(-1), x)
 
 
-def test_correct_self_attend_passes():
-    assert _run(check_self_attend, correct_self_attend).passed
+def self_attend_torch(x):
+    return F.scaled_dot_product_attention(x, x, x)
 
 
-@pytest.mark.parametrize("name", list(WRONG_ATTENDS))
-def test_each_wrong_self_attend_fails_with_its_hint(name):
-    fn, words = WRONG_ATTENDS[name]
-    assert_fails_with(_run(check_self_attend, fn), words)
+def self_attend_by_hand_with_shift(x):
+    s = x @ x.mT / math.sqrt(x.shape[-1])
+    e = (s - s.amax(dim=-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True) @ x
 
 
-def test_self_attend_with_the_product_the_wrong_way_round_gets_a_shape_hint():
-    assert_fails_with(_run(check_self_attend, lambda x: torch.softmax(x.T @ x, dim=-1) @ x), "shapes do not line up")
+def self_attend_float64(x):
+    y = x.double()
+    return (torch.softmax(y @ y.transpose(-2, -1) / math.sqrt(y.shape[-1]), dim=-1) @ y).float()
 
 
-def test_self_attend_over_features_instead_of_positions_gets_the_shape_in_one_line():
-    assert_fails_with(_run(check_self_attend, lambda x: x @ torch.softmax(x.transpose(-2, -1) @ x, dim=-1)),
-                      "Largest error")  # same shape, different values: no known mistake, still one line
+def self_attend_by_hand_no_shift(x):
+    s = x @ x.transpose(-2, -1) / math.sqrt(x.shape[-1])
+    return s.exp() / s.exp().sum(dim=-1, keepdim=True) @ x
+
+
+def self_attend_bmm(x):
+    return torch.bmm(torch.softmax(torch.bmm(x, x.transpose(-2, -1)) / math.sqrt(x.shape[-1]), dim=-1), x)
+
+
+WRONG_ATTENDS = [
+    ("wrong axis", lambda x: torch.softmax(x @ x.transpose(-2, -1) / math.sqrt(x.shape[-1]), dim=-2) @ x, "wrong axis"),
+    ("dim=1", lambda x: F.softmax(x @ x.transpose(-2, -1) / math.sqrt(x.shape[-1]), dim=1) @ x,
+     "dim=1 is the last axis only without a batch"),
+    ("no scale", lambda x: torch.softmax(x @ x.transpose(-2, -1), dim=-1) @ x, "not scaled"),
+    ("divide by d", lambda x: torch.softmax(x @ x.transpose(-2, -1) / x.shape[-1], dim=-1) @ x, "instead of sqrt(d)"),
+    ("scale by the length", lambda x: torch.softmax(x @ x.mT / math.sqrt(x.shape[-2]), dim=-1) @ x,
+     "scaled by the number of positions"),
+    ("d from x.shape[1]", lambda x: torch.softmax(x @ x.mT / math.sqrt(x.shape[1]), dim=-1) @ x,
+     "x.shape[1] is the feature size only"),
+    ("no softmax", lambda x: (x @ x.transpose(-2, -1) / math.sqrt(x.shape[-1])) @ x, "no softmax"),
+    ("x.T on a batch", lambda x: torch.softmax(x @ x.T / math.sqrt(x.shape[-1]), dim=-1) @ x, "x.transpose(-2, -1)"),
+    ("product the wrong way round", lambda x: torch.softmax(x.T @ x, dim=-1) @ x, "shapes do not line up"),
+    ("softmax by hand, no shift", self_attend_by_hand_no_shift, "exp overflows for scores above about 88"),
+    ("torch.bmm", self_attend_bmm, "torch.bmm needs a batch axis"),
+    ("weights instead of output", lambda x: torch.softmax(x @ x.mT / math.sqrt(x.shape[-1]), dim=-1),
+     "output has shape (5, 5), expected (5, 3)"),
+    # holdout
+    ("scale on the output", lambda x: torch.softmax(x @ x.mT, -1) @ x / math.sqrt(x.shape[-1]), None),
+]
+
+RIGHT_ATTENDS = [("matmul", correct_self_attend), ("einsum", self_attend_einsum), ("F.sdpa", self_attend_torch),
+                 ("by hand with the shift", self_attend_by_hand_with_shift), ("float64 inside", self_attend_float64)]
+
+
+def test_self_attend_over_features_instead_of_positions_gets_one_line():
+    result = _run(check_self_attend, lambda x: x @ torch.softmax(x.transpose(-2, -1) @ x, dim=-1))
+    assert not result.passed and "\n" not in result.line
 
 
 # --- sequential steps ------------------------------------------------------------------------------
-WRONG_STEPS = {
-    "rnn n*L": (lambda k, n, L: n * L if k == "rnn" else L, "not seq_len * n_layers"),
-    "rnn ignores layers": (lambda k, n, L: n if k == "rnn" else L, "adds one step"),
-    "rnn off by one": (lambda k, n, L: n + L if k == "rnn" else L, "off by one"),
-    "attention grows with length": (lambda k, n, L: n + L - 1 if k == "rnn" else n, "whatever seq_len is"),
-    "attention ignores layers": (lambda k, n, L: n + L - 1 if k == "rnn" else 1, "n_layers steps, not 1"),
-}
+def steps_forgets_attention(kind, seq_len, n_layers):
+    if kind == "rnn":
+        return seq_len + n_layers - 1
 
 
-def test_correct_sequential_steps_passes():
-    assert _run(check_sequential_steps, sequential_steps).passed
+WRONG_STEPS = [
+    ("rnn n*L", lambda k, n, L: n * L if k == "rnn" else L, "not seq_len * n_layers"),
+    ("rnn ignores layers", lambda k, n, L: n if k == "rnn" else L, "adds one step"),
+    ("rnn off by one", lambda k, n, L: n + L if k == "rnn" else L, "off by one"),
+    ("rnn longest side", lambda k, n, L: max(n, L) if k == "rnn" else L, "not max(seq_len, n_layers)"),
+    ("attention grows with length", lambda k, n, L: n + L - 1 if k == "rnn" else n, "whatever seq_len is"),
+    ("attention ignores layers", lambda k, n, L: n + L - 1 if k == "rnn" else 1, "n_layers steps, not 1"),
+    ("a float", lambda k, n, L: float(sequential_steps(k, n, L)), "should return an int, got float"),
+    ("no return for attention", steps_forgets_attention, "did you forget `return`"),
+    ("'RNN' in capitals", lambda k, n, L: n + L - 1 if k == "RNN" else L, None),
+    # holdout
+    ("attention one step more", lambda k, n, L: n + L - 1 if k == "rnn" else L + 1, "off by one"),
+    ("rnn n*L - (L-1)", lambda k, n, L: n * L - (L - 1) if k == "rnn" else L, None),
+]
 
-
-@pytest.mark.parametrize("name", list(WRONG_STEPS))
-def test_each_wrong_step_count_fails_with_its_hint(name):
-    fn, words = WRONG_STEPS[name]
-    assert_fails_with(_run(check_sequential_steps, fn), words)
-
-
-def test_step_count_returned_as_a_float_gets_a_one_line_message():
-    assert_fails_with(_run(check_sequential_steps, lambda k, n, L: float(sequential_steps(k, n, L))),
-                      "should return an int, got float")
+RIGHT_STEPS = [("the course's", sequential_steps),
+               ("a dict", lambda k, n, L: {"rnn": n + L - 1, "attention": L}[k]),
+               ("an int tensor", lambda k, n, L: torch.tensor(n + L - 1 if k == "rnn" else L))]
 
 
 def test_step_count_with_both_kinds_wrong_names_the_first_one_found():
@@ -148,6 +202,11 @@ def correct_reach(fn, x):
     return x.grad.norm(dim=-1)
 
 
+def reach_jacobian(fn, x):
+    jac = torch.autograd.functional.jacobian(lambda t: fn(t)[-1].sum(), x)
+    return torch.linalg.vector_norm(jac, dim=1)
+
+
 def _reach(target, reduce):
     def reach(fn, x):
         x = x.detach().clone().requires_grad_(True)
@@ -157,28 +216,73 @@ def _reach(target, reduce):
     return reach
 
 
-WRONG_REACHES = {
-    "every output": (_reach(lambda o: o, lambda g: g.norm(dim=-1)), "gradient of every output"),
-    "first output": (_reach(lambda o: o[0], lambda g: g.norm(dim=-1)), "gradient of the first output"),
-    "signed sum": (_reach(lambda o: o[-1], lambda g: g.sum(-1)), "grad.norm(dim=-1)"),
-    "squared": (_reach(lambda o: o[-1], lambda g: (g ** 2).sum(-1)), "squared norm"),
-    "L1": (_reach(lambda o: o[-1], lambda g: g.abs().sum(-1)), "L1 norm"),
-    "by distance": (_reach(lambda o: o[-1], lambda g: g.norm(dim=-1).flip(0)), "reversed"),
-    "no requires_grad": (lambda fn, x: torch.autograd.grad(fn(x)[-1].sum(), x)[0].norm(dim=-1), "requires_grad"),
-}
+def reach_without_sum(fn, x):
+    x = x.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(fn(x)[-1], x)
+    return g.norm(dim=-1)
 
 
-def test_correct_gradient_reach_and_the_course_version_pass():
-    assert _run(check_gradient_reach, correct_reach).passed
-    assert _run(check_gradient_reach, gradient_reach).passed
+WRONG_REACHES = [
+    ("every output", _reach(lambda o: o, lambda g: g.norm(dim=-1)), "gradient of every output"),
+    ("first output", _reach(lambda o: o[0], lambda g: g.norm(dim=-1)), "gradient of the first output"),
+    ("last column", _reach(lambda o: o[:, -1], lambda g: g.norm(dim=-1)), "last feature (out[:, -1], a column)"),
+    ("signed sum", _reach(lambda o: o[-1], lambda g: g.sum(-1)), "grad.norm(dim=-1)"),
+    ("squared", _reach(lambda o: o[-1], lambda g: (g ** 2).sum(-1)), "squared norm"),
+    ("L1", _reach(lambda o: o[-1], lambda g: g.abs().sum(-1)), "L1 norm"),
+    ("by distance", _reach(lambda o: o[-1], lambda g: g.norm(dim=-1).flip(0)), "reversed"),
+    ("no requires_grad", lambda fn, x: torch.autograd.grad(fn(x)[-1].sum(), x)[0].norm(dim=-1), "requires_grad"),
+    ("no sum", reach_without_sum, "take out[-1].sum()"),
+    ("norm over positions", _reach(lambda o: o[-1], lambda g: g.norm(dim=0)), "output has shape (3,), expected (6,)"),
+    ("the gradient itself", _reach(lambda o: o[-1], lambda g: g), "output has shape (6, 3), expected (6,)"),
+    # holdout
+    ("mean of the last output", _reach(lambda o: o[-1] / o.shape[-1], lambda g: g.norm(dim=-1)),
+     "off by a constant factor"),
+    ("one norm for everything", _reach(lambda o: o[-1], lambda g: g.norm()), "you reduced it to a single number"),
+]
+
+RIGHT_REACHES = [("backward", correct_reach), ("the course's", gradient_reach), ("jacobian", reach_jacobian),
+                 ("autograd.grad", _reach(lambda o: o[-1], lambda g: g.pow(2).sum(-1).sqrt())),
+                 ("sum(-1)[-1]", _reach(lambda o: o.sum(-1)[-1], lambda g: g.norm(dim=-1)))]  # holdout
 
 
-@pytest.mark.parametrize("name", list(WRONG_REACHES))
-def test_each_wrong_gradient_reach_fails_with_its_hint(name):
-    fn, words = WRONG_REACHES[name]
-    assert_fails_with(_run(check_gradient_reach, fn), words)
+# --- the libraries, in the shape answer_library.py reads ---------------------------------------------------
+WRONG_ANSWERS = ([(check_rnn_step, label, fn, words) for label, fn, words in WRONG_RNN_STEPS]
+                 + [(check_self_attend, label, fn, words) for label, fn, words in WRONG_ATTENDS]
+                 + [(check_sequential_steps, label, fn, words) for label, fn, words in WRONG_STEPS]
+                 + [(check_gradient_reach, label, fn, words) for label, fn, words in WRONG_REACHES])
+RIGHT_ANSWERS = ([(check_rnn_step, label, fn) for label, fn in RIGHT_RNN_STEPS]
+                 + [(check_self_attend, label, fn) for label, fn in RIGHT_ATTENDS]
+                 + [(check_sequential_steps, label, fn) for label, fn in RIGHT_STEPS]
+                 + [(check_gradient_reach, label, fn) for label, fn in RIGHT_REACHES])
 
 
-def test_gradient_reach_over_the_wrong_dimension_gets_the_shape_in_one_line():
-    assert_fails_with(_run(check_gradient_reach, _reach(lambda o: o[-1], lambda g: g.norm(dim=0))),
-                      "output has shape (3,), expected (6,)")
+@pytest.mark.parametrize("checker,label,fn,words", WRONG_ANSWERS,
+                         ids=[f"{c.__name__}:{label}" for c, label, _, _ in WRONG_ANSWERS])
+def test_each_wrong_answer_fails_with_its_hint(checker, label, fn, words):
+    result = _run(checker, fn)
+    assert_fails_with(result, words or "")
+
+
+@pytest.mark.parametrize("checker,label,fn", RIGHT_ANSWERS, ids=[f"{c.__name__}:{label}" for c, label, _ in RIGHT_ANSWERS])
+def test_each_right_answer_passes(checker, label, fn):
+    result = _run(checker, fn)
+    assert result.passed, result.line
+    assert "\n" not in result.line
+
+
+REGISTERED = ([(check_rnn_step, m) for m in cr.RNN_STEP_MISTAKES]
+              + [(check_self_attend, m) for m in cr.SELF_ATTEND_MISTAKES]
+              + [(check_sequential_steps, m) for m in cr.SEQUENTIAL_STEP_MISTAKES]
+              + [(check_gradient_reach, m) for m in cr.GRADIENT_REACH_MISTAKES])
+
+
+@pytest.mark.parametrize("checker,mistake", REGISTERED, ids=[f"{c.__name__}:{m.hint[:40]}" for c, m in REGISTERED])
+def test_every_registered_mistake_gets_its_own_hint(checker, mistake):
+    assert_fails_with(_run(checker, mistake.fn), mistake.hint)
+
+
+def test_the_attention_cases_include_scores_that_overflow_exp_in_float32():
+    from course.checks.rnn import _attend_cases
+
+    scores = [x @ x.transpose(-2, -1) / math.sqrt(x.shape[-1]) for (x,) in _attend_cases()]
+    assert max(float(s.max()) for s in scores) > 88.8

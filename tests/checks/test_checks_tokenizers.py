@@ -1,23 +1,24 @@
-"""Lesson 02's checkers: a library of wrong implementations, each caught with its own hint."""
+"""Lesson 02's checkers: libraries of learner-style right and wrong answers (see answer_library.py), each
+wrong one caught with the words of its hint, each right one accepted; every registered mistake reachable."""
 from __future__ import annotations
 
+from collections import Counter, defaultdict
+
 import pytest
+import torch
 import torch.nn.functional as F
 
 from checker_assertions import assert_fails_with
+from course.checks import tokenizers as ct
 from course.checks.core import NOT_ATTEMPTED, PASSED
-from course.checks.tokenizers import (
-    check_merge,
-    check_one_hot_embedding,
-    check_pair_counts,
-)
+from course.checks.tokenizers import check_merge, check_one_hot_embedding, check_pair_counts
 from course.tokenizers import get_pair_counts, merge
+
+pytestmark = pytest.mark.usefixtures("lenient_checks")
 
 
 def _run(checker, fn):
     return checker(fn, strict=False)
-
-
 
 
 # --- pair counts --------------------------------------------------------------------------------
@@ -25,6 +26,13 @@ def correct_pair_counts(ids):
     counts = {}
     for a, b in zip(ids, ids[1:]):
         counts[(a, b)] = counts.get((a, b), 0) + 1
+    return counts
+
+
+def pair_counts_indices(ids):
+    counts = defaultdict(int)
+    for i in range(len(ids) - 1):
+        counts[ids[i], ids[i + 1]] += 1
     return counts
 
 
@@ -43,39 +51,40 @@ def _no_last_pair(ids):
     return counts
 
 
-WRONG_PAIR_COUNTS = {
-    "last pair dropped": (_no_last_pair, "last pair is not counted"),
-    "runs counted once": (_skip_after_repeat, "overlapping pairs count separately"),
-    "every other pair": (lambda ids: {p: list(zip(ids[::2], ids[1::2])).count(p) for p in zip(ids[::2], ids[1::2])},
-                         "every other pair"),
-    "set of pairs": (lambda ids: {p: 1 for p in set(zip(ids, ids[1:]))}, "counted once"),
-    "reversed pairs": (lambda ids: correct_pair_counts(ids[::-1]), "reversed"),
-}
+def pair_counts_as_text(ids):
+    text = ",".join(str(i) for i in ids)
+    return {(a, b): text.count(f"{a},{b}") for a, b in zip(ids, ids[1:])}
 
 
-def test_correct_pair_counts_and_the_course_version_pass():
-    assert _run(check_pair_counts, correct_pair_counts).status == PASSED
+def pair_counts_forgets_return(ids):
+    counts = {}
+    for pair in zip(ids, ids[1:]):
+        counts[pair] = counts.get(pair, 0) + 1
+
+
+WRONG_PAIR_COUNTS = [
+    ("last pair dropped", _no_last_pair, "last pair is not counted"),
+    ("runs counted once", _skip_after_repeat, "overlapping pairs count separately"),
+    ("every other pair", lambda ids: {p: list(zip(ids[::2], ids[1::2])).count(p) for p in zip(ids[::2], ids[1::2])},
+     "every other pair"),
+    ("set of pairs", lambda ids: {p: 1 for p in set(zip(ids, ids[1:]))}, "counted once"),
+    ("reversed pairs", lambda ids: correct_pair_counts(ids[::-1]), "reversed"),
+    ("counted in the text", pair_counts_as_text, "the ids were counted as text"),
+    ("a list of pairs", lambda ids: list(zip(ids, ids[1:])), "should return a dict, got list"),
+    ("string keys", lambda ids: Counter(f"{a},{b}" for a, b in zip(ids, ids[1:])), "the keys should be tuples like"),
+    ("no return", pair_counts_forgets_return, "did you forget `return`"),
+    ("an extra pair", lambda ids: {**correct_pair_counts(ids), (0, 0): 1}, "(0, 0) should not be there"),
+    # holdout: written after the checker was finished; None where the line only shows the first difference
+    ("pairs two apart", lambda ids: dict(Counter(zip(ids, ids[2:]))), None),
+    ("every pair of distinct ids", lambda ids: {(a, b): 1 for a in set(ids) for b in set(ids) if a != b}, None),
+]
+
+RIGHT_PAIR_COUNTS = [("dict.get", correct_pair_counts), ("the course's", get_pair_counts),
+                     ("Counter", lambda ids: Counter(zip(ids, ids[1:]))), ("defaultdict and indices", pair_counts_indices)]
+
+
+def test_the_course_pair_counts_pass_with_one_line():
     assert _run(check_pair_counts, get_pair_counts).line.startswith("✓ pair counts: correct on")
-
-
-def test_a_counter_is_accepted_as_a_dict():
-    from collections import Counter
-    assert _run(check_pair_counts, lambda ids: Counter(zip(ids, ids[1:]))).passed
-
-
-@pytest.mark.parametrize("name", list(WRONG_PAIR_COUNTS))
-def test_each_wrong_pair_count_fails_with_its_hint(name):
-    fn, words = WRONG_PAIR_COUNTS[name]
-    assert_fails_with(_run(check_pair_counts, fn), words)
-
-
-def test_pair_counts_of_the_wrong_type_get_a_one_line_message():
-    assert_fails_with(_run(check_pair_counts, lambda ids: list(zip(ids, ids[1:]))), "should return a dict, got list")
-
-
-def test_pair_counts_failure_names_the_first_difference():
-    result = _run(check_pair_counts, lambda ids: {**correct_pair_counts(ids), (0, 0): 1})
-    assert_fails_with(result, "(0, 0) should not be there")
 
 
 # --- merge --------------------------------------------------------------------------------------
@@ -89,6 +98,28 @@ def correct_merge(ids, pair, new_id):
             out.append(ids[i])
             i += 1
     return out
+
+
+def merge_with_a_flag(ids, pair, new_id):
+    out, skip = [], False
+    for i, x in enumerate(ids):
+        if skip:
+            skip = False
+            continue
+        if i + 1 < len(ids) and (x, ids[i + 1]) == tuple(pair):
+            out.append(new_id)
+            skip = True
+        else:
+            out.append(x)
+    return out
+
+
+def merge_recursive(ids, pair, new_id):
+    if len(ids) < 2:
+        return list(ids)
+    if (ids[0], ids[1]) == tuple(pair):
+        return [new_id] + merge_recursive(ids[2:], pair, new_id)
+    return [ids[0]] + merge_recursive(ids[1:], pair, new_id)
 
 
 def _keeps_second(ids, pair, new_id):
@@ -149,30 +180,77 @@ def _in_place(ids, pair, new_id):
     return ids
 
 
-WRONG_MERGES = {
-    "second element kept": (_keeps_second, "skip both elements"),
-    "overlaps merged twice": (_overlap_twice, "overlapping occurrences were merged twice"),
-    "last element dropped": (_drops_last, "last element was lost"),
-    "first occurrence only": (_first_only, "only the first occurrence"),
-    "scanned from the right": (_from_right, "merged from the right"),
-    "nothing replaced": (lambda ids, pair, new_id: list(ids), "nothing was replaced"),
-    "changed in place": (_in_place, "changed its input in place"),
-}
+def _in_pairs(ids, pair, new_id):
+    out = []
+    for i in range(0, len(ids), 2):
+        chunk = ids[i:i + 2]
+        out.extend([new_id] if tuple(chunk) == pair else chunk)
+    return out
 
 
-def test_correct_merge_and_the_course_version_pass():
-    assert _run(check_merge, correct_merge).passed
-    assert _run(check_merge, merge).passed
+def _as_text(ids, pair, new_id):
+    text = " ".join(str(i) for i in ids)
+    return [int(t) for t in text.replace(f"{pair[0]} {pair[1]}", str(new_id)).split()]
 
 
-@pytest.mark.parametrize("name", list(WRONG_MERGES))
-def test_each_wrong_merge_fails_with_its_hint(name):
-    fn, words = WRONG_MERGES[name]
-    assert_fails_with(_run(check_merge, fn), words)
+def _list_compare(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        if ids[i:i + 2] == pair:  # a list slice never equals the tuple
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
 
 
-def test_merge_returning_a_string_gets_a_one_line_message():
-    assert_fails_with(_run(check_merge, lambda ids, pair, new_id: str(ids)), "should return a list, got str")
+def _either_order(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) in (tuple(pair), tuple(pair)[::-1]):
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def merge_last_id_after_the_loop(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids) - 1:
+        if (ids[i], ids[i + 1]) == tuple(pair):
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    if i == len(ids) - 1:
+        out.append(ids[-1])
+    return out
+
+
+WRONG_MERGES = [
+    ("second element kept", _keeps_second, "skip both elements"),
+    ("overlaps merged twice", _overlap_twice, "overlapping occurrences were merged twice"),
+    ("last element dropped", _drops_last, "last element was lost"),
+    ("first occurrence only", _first_only, "only the first occurrence"),
+    ("scanned from the right", _from_right, "merged from the right"),
+    ("nothing replaced", lambda ids, pair, new_id: list(ids), "nothing was replaced"),
+    ("a slice compared with the tuple", _list_compare, "a list never equals a tuple"),
+    ("changed in place", _in_place, "changed its input in place"),
+    ("looks at pairs (0, 1), (2, 3), ...", _in_pairs, "only pairs starting at even positions"),
+    ("replaced in the text", _as_text, "the ids were replaced as text"),
+    ("a string", lambda ids, pair, new_id: str(ids), "should return a list, got str"),
+    # holdout
+    ("the pair in either order", _either_order, None),
+]
+
+RIGHT_MERGES = [("while loop", correct_merge), ("the course's", merge), ("a skip flag", merge_with_a_flag),
+                ("recursive", merge_recursive),
+                ("returns a tuple", lambda ids, pair, new_id: tuple(correct_merge(ids, pair, new_id))),
+                ("the last id after the loop", merge_last_id_after_the_loop)]  # holdout
 
 
 def test_merge_that_raises_gets_a_one_line_message_naming_the_case():
@@ -196,30 +274,55 @@ def correct_embedding(ids, W):
     return F.one_hot(ids, num_classes=W.shape[0]).to(W.dtype) @ W
 
 
-WRONG_EMBEDDINGS = {
-    "transposed": (lambda ids, W: F.one_hot(ids, W.shape[1]).float() @ W.T, "wrong orientation"),
-    "no num_classes": (lambda ids, W: F.one_hot(ids).float() @ W, "num_classes=W.shape[0]"),
-    "integer one-hot": (lambda ids, W: F.one_hot(ids, W.shape[0]) @ W, "convert them to W's dtype"),
-    "off by one": (lambda ids, W: F.one_hot((ids + 1) % W.shape[0], W.shape[0]).float() @ W, "off by one"),
-}
+WRONG_EMBEDDINGS = [
+    ("transposed", lambda ids, W: F.one_hot(ids, W.shape[1]).float() @ W.T, "wrong orientation"),
+    ("no num_classes", lambda ids, W: F.one_hot(ids).float() @ W, "num_classes=W.shape[0]"),
+    ("num_classes from d_model", lambda ids, W: F.one_hot(ids, W.shape[1]).float() @ W, "num_classes=W.shape[0]"),
+    ("integer one-hot", lambda ids, W: F.one_hot(ids, W.shape[0]) @ W, "convert them to W's dtype"),
+    ("off by one", lambda ids, W: F.one_hot((ids + 1) % W.shape[0], W.shape[0]).float() @ W, "off by one"),
+    ("ids counted from 1", lambda ids, W: W[ids - 1], "off by one"),
+    ("summed over the batch", lambda ids, W: (F.one_hot(ids, W.shape[0]).float() @ W).sum(0),
+     "the first (batch) axis is missing"),
+    ("a list", lambda ids, W: W[ids].tolist(), "output should be a torch.Tensor, got a list of 2 item(s)"),
+    ("a NumPy array", lambda ids, W: W[ids].numpy(), "got a NumPy array"),
+    ("W itself", lambda ids, W: W, "has shape (5, 5), expected (2, 3, 5)"),
+    # holdout
+    ("scaled by sqrt(d_model)", lambda ids, W: W[ids] * W.shape[1] ** 0.5, "off by a constant factor"),
+    ("ids read backwards", lambda ids, W: W[ids.flip(-1)], "reversed along axis 1"),
+]
+
+RIGHT_EMBEDDINGS = [("one_hot @ W", correct_embedding), ("a row lookup", lambda ids, W: W[ids]),
+                    ("F.embedding", lambda ids, W: F.embedding(ids, W)),
+                    ("einsum", lambda ids, W: torch.einsum("...v,vd->...d", F.one_hot(ids, len(W)).float(), W)),
+                    ("index_select", lambda ids, W: W.index_select(0, ids.flatten()).reshape(*ids.shape, -1))]
 
 
-def test_correct_embedding_and_a_direct_row_lookup_pass():
-    assert _run(check_one_hot_embedding, correct_embedding).passed
-    assert _run(check_one_hot_embedding, lambda ids, W: W[ids]).passed
+# --- the libraries, in the shape answer_library.py reads ---------------------------------------------------
+WRONG_ANSWERS = ([(check_pair_counts, label, fn, words) for label, fn, words in WRONG_PAIR_COUNTS]
+                 + [(check_merge, label, fn, words) for label, fn, words in WRONG_MERGES]
+                 + [(check_one_hot_embedding, label, fn, words) for label, fn, words in WRONG_EMBEDDINGS])
+RIGHT_ANSWERS = ([(check_pair_counts, label, fn) for label, fn in RIGHT_PAIR_COUNTS]
+                 + [(check_merge, label, fn) for label, fn in RIGHT_MERGES]
+                 + [(check_one_hot_embedding, label, fn) for label, fn in RIGHT_EMBEDDINGS])
 
 
-@pytest.mark.parametrize("name", list(WRONG_EMBEDDINGS))
-def test_each_wrong_embedding_fails_with_its_hint(name):
-    fn, words = WRONG_EMBEDDINGS[name]
-    assert_fails_with(_run(check_one_hot_embedding, fn), words)
+@pytest.mark.parametrize("checker,label,fn,words", WRONG_ANSWERS,
+                         ids=[f"{c.__name__}:{label}" for c, label, _, _ in WRONG_ANSWERS])
+def test_each_wrong_answer_fails_with_its_hint(checker, label, fn, words):
+    assert_fails_with(_run(checker, fn), words or "")
 
 
-def test_embedding_of_the_wrong_shape_gets_a_one_line_message():
-    assert_fails_with(_run(check_one_hot_embedding, lambda ids, W: W), "has shape (5, 5), expected (2, 3, 5)")
+@pytest.mark.parametrize("checker,label,fn", RIGHT_ANSWERS, ids=[f"{c.__name__}:{label}" for c, label, _ in RIGHT_ANSWERS])
+def test_each_right_answer_passes(checker, label, fn):
+    result = _run(checker, fn)
+    assert result.status == PASSED, result.line
 
 
-def test_embedding_of_the_wrong_type_gets_a_one_line_message():
-    assert_fails_with(_run(check_one_hot_embedding, lambda ids, W: W[ids].numpy()), "should be a torch.Tensor")
-    # core.check_function reads a returned list as several outputs:
-    assert_fails_with(_run(check_one_hot_embedding, lambda ids, W: W[ids].tolist()), "returned 2 value(s)")
+REGISTERED = ([(check_pair_counts, m) for m in ct.PAIR_COUNT_MISTAKES]
+              + [(check_merge, m) for m in ct.MERGE_MISTAKES]
+              + [(check_one_hot_embedding, m) for m in ct.EMBEDDING_MISTAKES])
+
+
+@pytest.mark.parametrize("checker,mistake", REGISTERED, ids=[f"{c.__name__}:{m.hint[:40]}" for c, m in REGISTERED])
+def test_every_registered_mistake_gets_its_own_hint(checker, mistake):
+    assert_fails_with(_run(checker, mistake.fn), mistake.hint)
