@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from course import utils
 from course.bench import benchmark
-from course.device import free_memory_bytes, half_dtype
+from course.device import cuda_capability, free_memory_bytes, half_dtype
 from course.efficient import attention_flops, measure_peak_bytes, naive_attention, naive_attention_bytes
 from course.utils import describe_exception, first_line
 
@@ -418,7 +418,7 @@ def run_table(entries: Sequence[Entry], device: torch.device | str | None = None
 def device_name(device: torch.device | str | None = None) -> str:
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
+        major, minor = cuda_capability(device)
         return f"{torch.cuda.get_device_name(device)} (sm {major}.{minor})"
     if device.type == "mps":
         return "Apple GPU (MPS)"

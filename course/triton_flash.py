@@ -26,6 +26,8 @@ from functools import lru_cache
 
 import torch
 
+from course.device import BF16_CAPABILITY, cuda_capability, half_dtype
+
 # Without a CUDA GPU, compiled Triton kernels cannot run; Triton's interpreter can, but it must be
 # switched on before Triton is first imported (its standard library is jitted at import time).
 if not torch.cuda.is_available() and "triton" not in sys.modules:
@@ -45,16 +47,14 @@ TRITON_MISSING = ("Triton is not installed (`pip install triton`; Linux wheels o
 HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
-BF16_CAPABILITY = (8, 0)     # bfloat16 tensor-core dot products; also PyTorch's flash and cuDNN attention
-
-
 def _capability() -> tuple[int, int]:
-    return tuple(torch.cuda.get_device_capability())
+    return cuda_capability("cuda")
 
 
 def gpu_dtype() -> torch.dtype:
-    """The 16-bit dtype the kernel is timed in on this CUDA GPU: bfloat16 from sm 8.0, float16 below."""
-    return torch.bfloat16 if _capability() >= BF16_CAPABILITY else torch.float16
+    """The 16-bit dtype the kernel is timed in on this CUDA GPU: bfloat16 from sm 8.0, float16 below
+    (:func:`course.device.half_dtype`)."""
+    return half_dtype("cuda")
 
 
 def sdpa_baseline() -> str:
@@ -73,8 +73,9 @@ def triton_status() -> str:
             return (f"Triton {triton.__version__}: the kernel compiles for {torch.cuda.get_device_name()} "
                     f"(sm {major}.{minor}) and is timed in bfloat16 against SDPA's flash kernel.")
         return (f"Triton {triton.__version__}: the kernel compiles for {torch.cuda.get_device_name()} "
-                f"(sm {major}.{minor}) in float16 and float32 only (bfloat16 dot products need sm 8.0), and is "
-                "timed in float16 against SDPA's memory-efficient kernel (flash needs sm 8.0).")
+                f"(sm {major}.{minor}) in float16 and float32 (no bfloat16 below sm 8.0) and is timed in float16 "
+                "against SDPA's memory-efficient kernel (flash needs sm 8.0); recent Triton versions use tensor "
+                "cores only from sm 8.0, so expect it far behind.")
     return (f"Triton {triton.__version__} without a CUDA GPU: the kernel runs in Triton's interpreter "
             "(NumPy semantics, slow: tiny sizes only).")
 
@@ -203,8 +204,8 @@ def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
         raise ValueError("Triton's interpreter mishandles bfloat16 dot products: on a CPU use float32 or float16")
     if not INTERPRET and q.dtype == torch.bfloat16 and _capability() < BF16_CAPABILITY:
         major, minor = _capability()
-        raise ValueError(f"bfloat16 dot products need compute capability 8.0 or newer; this GPU is sm {major}.{minor}: "
-                         "use float16")
+        raise ValueError(f"this kernel takes bfloat16 from compute capability 8.0 (bfloat16 tensor cores); this GPU "
+                         f"is sm {major}.{minor}: use float16")
     batch, heads, n, d = q.shape
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     out = torch.empty_like(q)

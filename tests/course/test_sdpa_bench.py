@@ -268,3 +268,10 @@ def test_math_reduced_is_left_out_in_float32_and_keeps_half_precision_in_the_mat
         assert errors["math_reduced"] > errors["math"]
     allowed = getattr(torch.backends.cuda, "fp16_bf16_reduction_math_sdp_allowed", lambda: False)
     assert allowed() is False                               # the switch is restored after the call
+
+
+def test_device_name_labels_the_gpu_with_its_compute_capability(monkeypatch):
+    _simulate_gpu(monkeypatch, (7, 5), 14.7)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    assert sb.device_name("cuda") == "Tesla T4 (sm 7.5)"
+    assert sb.device_name("mps") == "Apple GPU (MPS)" and sb.device_name("cpu").startswith("CPU (")

@@ -110,7 +110,7 @@ def test_dtype_baseline_and_status_follow_the_compute_capability(monkeypatch, na
     status = tf.triton_status()
     assert name in status and all(w in status for w in words) and "\n" not in status
     if capability < (8, 0):
-        assert "compiles" in status and "bfloat16 dot products need sm 8.0" in status
+        assert "compiles" in status and "no bfloat16 below sm 8.0" in status and "tensor cores only from sm 8.0" in status
 
 
 AHEAD_OF_TIME = textwrap.dedent("""
