@@ -18,9 +18,9 @@ _ENV = "COURSE_DEVICE"
 _WHAT_IT_MEANS = {
     "cuda": "NVIDIA GPU: the lessons that train models or time kernels use it (results can differ from "
     "the CPU's in the last digits), and lesson 11's fused-kernel timings run for real.",
-    "mps": "Apple GPU (MPS): most lessons run faster; a few operations fall back to the CPU and "
-    "float results can differ from the CPU in the last digits. Lesson 11's CUDA kernels are shown "
-    "from the kept reference table.",
+    "mps": "Apple GPU (MPS): the lessons that train models or time code use it; a few operations fall "
+    "back to the CPU and float results can differ from the CPU in the last digits. Lesson 11's CUDA "
+    "kernels and FlexAttention run on the CPU, and the GPU figures come from the kept reference table.",
     "cpu": "CPU only: every lesson still runs (each is sized for a two-core laptop, under three "
     "minutes); GPU-only timings are shown from the kept reference table.",
 }
