@@ -41,7 +41,7 @@ from course import utils
 from course.bench import benchmark
 from course.device import cuda_capability, free_memory_bytes, half_dtype
 from course.efficient import attention_flops, measure_peak_bytes, naive_attention, naive_attention_bytes
-from course.utils import describe_exception, first_line
+from course.utils import first_line
 
 BACKENDS = ("naive", "math", "math_reduced", "efficient", "flash", "cudnn")
 HALF_ONLY = ("math_reduced",)         # the same kernel as math in float32: presets leave it out there
@@ -332,8 +332,7 @@ def make_callable(entry: Entry, q, k, v) -> Callable[[], object]:
     else:
         from torch.nn.attention import sdpa_kernel
         backend = _sdpa_backend(entry.backend)
-
-        reduced = entry.backend == "math_reduced"
+        reduced = entry.backend == "math_reduced"     # math without its float32 upcast of fp16/bf16
 
         def forward():
             with sdpa_kernel(backend), reduced_precision_math(reduced):

@@ -244,7 +244,7 @@ def test_gpu_plan_picks_dtype_by_capability_and_size_by_free_memory(monkeypatch,
 
 
 def test_naive_peak_estimate_is_above_the_measured_peak():
-    from course.efficient import measure_peak_bytes, naive_attention
+    from course.efficient import measure_peak_bytes
     for dtype in ("bfloat16", "float32"):
         entry = sb.Entry("naive", dtype, False, 256, 64, "fwd+bwd", batch=2, heads=4)
         q, k, v = sb._inputs(entry, torch.device("cpu"))
