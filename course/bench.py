@@ -1,11 +1,14 @@
 """Timing that is correct on a GPU: warm up, synchronise, take many runs, report the median.
 
-Built on ``torch.utils.benchmark.Timer``, which synchronises CUDA around each measurement and
-chooses the number of runs itself; a home-made ``time.time()`` loop would time only the kernel
-launches on a GPU, not the work.
+Built on ``torch.utils.benchmark.Timer``, which chooses the number of runs itself, with a clock that
+first waits for the device being timed (CUDA or Apple MPS) to finish its queued work: a GPU runs
+work asynchronously, so a clock that does not wait times only the kernel launches, not the work.
+(``Timer``'s own default clock waits for CUDA only in the PyTorch versions before ``torch.accelerator``;
+on MPS it would time the dispatch.)
 """
 from __future__ import annotations
 
+import timeit
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,9 +34,23 @@ def synchronize(device: torch.device | str | None = None) -> None:
     """Wait for queued GPU work (CUDA or MPS) to finish; a no-op on the CPU."""
     kind = torch.device(device).type if device is not None else None
     if kind in (None, "cuda") and torch.cuda.is_available():
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(torch.device(device) if kind == "cuda" else None)
     if kind in (None, "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         torch.mps.synchronize()
+
+
+def synchronizing_timer(device: torch.device | str | None = None) -> Callable[[], float]:
+    """A clock for ``torch.utils.benchmark.Timer``: it waits for ``device``'s queued work (every GPU
+    present when ``device`` is None, as :func:`synchronize`), then reads ``timeit.default_timer``.
+    On the CPU it only reads."""
+    kind = torch.device(device).type if device is not None else None
+    if kind == "cpu":
+        return timeit.default_timer
+
+    def timer() -> float:
+        synchronize(device)
+        return timeit.default_timer()
+    return timer
 
 
 def benchmark(
@@ -50,16 +67,21 @@ def benchmark(
     initialisation). ``min_run_time`` seconds of repeated calls are then measured in blocks by
     ``torch.utils.benchmark.Timer.blocked_autorange``; the median of the blocks is reported, since
     the mean is pulled up by the occasional hiccup.
+
+    ``device`` is where ``fn`` does its work: the clock waits for it (CUDA or MPS) before every
+    reading, and the result is labelled with it. ``None`` means the CPU.
     """
     if not callable(fn):
         raise TypeError(f"benchmark needs a function of no arguments, got {type(fn).__name__}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
     for _ in range(warmup):
         fn()
     synchronize(device)
     # Timer defaults to one thread; time with the threads the learner's own code would use.
-    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, label=label, num_threads=torch.get_num_threads())
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, label=label, num_threads=torch.get_num_threads(),
+                         timer=synchronizing_timer(device))
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
-    where = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    where = str(device)
     return Timing(
         label=label or getattr(fn, "__name__", "fn"),
         median_ms=measurement.median * 1e3,
@@ -67,3 +89,4 @@ def benchmark(
         runs=len(measurement.times),
         device=where,
     )
+

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course.data.sentences import ItSentence, grammar_vocabulary
+from course.device import model_device, to_device
 from course.models.bert import BertConfig, BertEncoder
 from course.seed import step_seed
 from course.tokenizers import SpecialWordTokenizer
@@ -117,13 +118,14 @@ def coref_batches(sentences: Sequence[ItSentence], tokenizer: SpecialWordTokeniz
 
 
 def _logits_at_it(model: nn.Module, batch: CorefBatch) -> Tensor:
+    batch = to_device(batch, model_device(model))
     logits = model(batch.ids, batch.mask)  # [b, s, vocab]
-    return logits[torch.arange(len(batch.ids)), batch.it_pos]  # [b, vocab]
+    return logits[torch.arange(len(batch.ids), device=logits.device), batch.it_pos]  # [b, vocab]
 
 
 def coref_loss(model: nn.Module, batch: CorefBatch) -> Tensor:
-    """Cross-entropy of the word predicted at "it" against the referent noun (a scalar)."""
-    return F.cross_entropy(_logits_at_it(model, batch), batch.target)
+    """Cross-entropy of the word predicted at "it" against the referent noun (a scalar), on the model's device."""
+    return F.cross_entropy(_logits_at_it(model, batch), batch.target.to(model_device(model)))
 
 
 @torch.no_grad()
@@ -134,7 +136,7 @@ def coref_accuracy(model: nn.Module, tokenizer: SpecialWordTokenizer, sentences:
     with eval_mode(model):
         for start in range(0, len(sentences), batch_size):
             batch = coref_batch(sentences[start:start + batch_size], tokenizer)
-            correct += int((_logits_at_it(model, batch).argmax(-1) == batch.target).sum())
+            correct += int((_logits_at_it(model, batch).argmax(-1).cpu() == batch.target).sum())
     return correct / len(sentences)
 
 

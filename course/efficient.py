@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .device import model_device
 from .utils import shape_of
 
 __all__ = [
@@ -428,16 +429,17 @@ class KVCache:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def greedy_decode(model, prompt: Tensor, new_tokens: int, use_cache: bool = True) -> Tensor:
     """Greedy decoding of ``new_tokens`` tokens after ``prompt`` (long [batch, t]) -> [batch, t + new_tokens].
 
     Without a cache every step runs the model over the whole sequence so far (O(n^2) work over a
     generation); with a cache each step processes one token against the stored keys and values.
+    The prompt is moved to the model's device, and the result is returned there.
     """
     if prompt.shape[1] + new_tokens > model.context_length:
         raise ValueError(f"prompt {prompt.shape[1]} + {new_tokens} new tokens exceed the context "
                          f"length {model.context_length}")
+    prompt = prompt.to(model_device(model))
     idx = prompt
     if not use_cache:
         for _ in range(new_tokens):

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from course.device import model_device
 from course.tokenizers import Tokenizer
 from course.utils import describe_exception, eval_mode, first_line, show_message
 
@@ -169,7 +170,9 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
 
     Greedy (``greedy=True`` or ``temperature == 0``): the argmax, no randomness. Otherwise
     temperature, then top-k, then top-p, then a draw from the softmax using ``generator`` (pass a
-    seeded ``torch.Generator`` for reproducible samples).
+    seeded ``torch.Generator`` for reproducible samples). A generator on another device than the
+    logits (a CPU generator for a model on a GPU) draws on its own device: the same seed then gives
+    the same draws wherever the model runs, up to the model's own rounding.
     """
     _check_logits(logits, "sample_next")
     _raise_if(validate_sampling(temperature, top_k, top_p))
@@ -182,7 +185,10 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
         logits = top_p_filter(logits, top_p)
     probs = torch.softmax(logits.float(), dim=-1)
     flat = probs.reshape(-1, probs.shape[-1])
-    choice = torch.multinomial(flat, 1, generator=generator)               # [rows, 1]
+    if generator is not None and generator.device != flat.device:
+        choice = torch.multinomial(flat.to(generator.device), 1, generator=generator).to(flat.device)
+    else:
+        choice = torch.multinomial(flat, 1, generator=generator)           # [rows, 1]
     return choice.reshape(probs.shape[:-1])
 
 
@@ -216,6 +222,8 @@ def generate(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: fl
     prompt, or one that grows past the window while generating, is cropped from the left (the
     returned sequence still holds everything).
 
+    ``idx`` is moved to the model's device, and the result is returned there.
+
     Arguments: ``temperature == 0`` means greedy (documented, not an error); a negative temperature,
     ``top_k < 1`` or ``top_p`` outside ``(0, 1]`` raise ``ValueError`` with a message, before the
     model runs. An empty ``idx`` raises ``ValueError``: a GPT needs at least one token to condition on.
@@ -227,6 +235,7 @@ def generate(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: fl
         raise ValueError(f"generate expects integer token ids of shape [batch, seq] or [seq], got {got}")
     one_d = idx.dim() == 1
     idx = idx.unsqueeze(0) if one_d else idx
+    idx = idx.to(model_device(model))
     if idx.shape[-1] == 0:
         raise ValueError("generate got an empty prompt (0 tokens): give at least one token to start from")
     window = context_length_of(model)
@@ -286,8 +295,7 @@ def generate_text(model: nn.Module, tokenizer: Tokenizer, prompt: str, max_new_t
     ``tokenizer`` is any :class:`course.tokenizers.Tokenizer` (it needs ``encode`` and ``decode``).
     """
     _raise_if(prompt_problem(prompt, tokenizer) or validate_sampling(temperature, top_k, top_p, max_new_tokens))
-    device = next(model.parameters()).device
-    ids = torch.tensor([list(tokenizer.encode(prompt))], dtype=torch.long, device=device)
+    ids = torch.tensor([list(tokenizer.encode(prompt))], dtype=torch.long, device=model_device(model))
     out = generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                    greedy=greedy, generator=generator)
     return prompt + tokenizer.decode(out[0, ids.shape[1]:].tolist())
@@ -366,7 +374,7 @@ class SamplingWidget:
         if problem:
             self._say(problem, ok=False)
             return False
-        generator = torch.Generator(device=next(self.model.parameters()).device).manual_seed(int(self.seed.value))
+        generator = torch.Generator().manual_seed(int(self.seed.value))    # draws on the CPU, wherever the model runs
         try:
             out = generate_text(self.model, self.tokenizer, self.prompt.value, generator=generator, **kwargs)
         except Exception as exc:  # a last guard: one line, never a traceback in the widget

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course.data.tasks import IGNORE_INDEX
+from course.device import model_device, to_device
 from course.utils import eval_mode
 
 __all__ = ["unigram_loss", "random_windows", "fixed_windows", "lm_loss", "sequence_loss"]
@@ -87,7 +88,9 @@ def lm_loss(logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX) -
 
 @torch.no_grad()
 def sequence_loss(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 64) -> float:
-    """Mean next-token cross-entropy of ``model`` over windows ``x, y [n, block]`` (eval mode, restored)."""
+    """Mean next-token cross-entropy of ``model`` over windows ``x, y [n, block]`` (eval mode, restored);
+    ``x`` and ``y`` are moved to the model's device."""
+    x, y = to_device((x, y), model_device(model))
     total, count = 0.0, 0
     with eval_mode(model):
         for i in range(0, x.shape[0], batch_size):

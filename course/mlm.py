@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from course.data.tasks import IGNORE_INDEX
+from course.device import model_device
 from course.lm import lm_loss
 from course.seed import step_seed
 from course.tokenizers import SPECIAL_TOKENS, SpecialWordTokenizer
@@ -125,13 +126,14 @@ def mlm_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 @torch.no_grad()
 def top_predictions(model: nn.Module, tokenizer: SpecialWordTokenizer, text: str, k: int = 5) -> list[list[tuple[str, float]]]:
-    """For each ``[MASK]`` in ``text``, the ``k`` likeliest words with their probabilities."""
+    """For each ``[MASK]`` in ``text``, the ``k`` likeliest words with their probabilities (the model
+    runs on its own device)."""
     ids = torch.tensor([tokenizer.encode(text)])
     where = (ids[0] == tokenizer.mask_id).nonzero().flatten()
     if where.numel() == 0:
         raise ValueError("the text has no [MASK] to predict")
     with eval_mode(model):
-        probs = model(ids).softmax(-1)[0]
+        probs = model(ids.to(model_device(model))).softmax(-1)[0].cpu()
     out = []
     for pos in where.tolist():
         p, idx = probs[pos].topk(k)
@@ -197,11 +199,12 @@ def classification_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 @torch.no_grad()
 def accuracy(model: nn.Module, tokenizer: SpecialWordTokenizer, texts: Sequence[str], labels: Sequence[int],
              batch_size: int = 256) -> float:
-    """Fraction of ``texts`` whose arg-max class equals the label (model in eval mode, restored after)."""
-    right = 0
+    """Fraction of ``texts`` whose arg-max class equals the label (model in eval mode, restored after;
+    it runs on its own device)."""
+    right, device = 0, model_device(model)
     with eval_mode(model):
         for start in range(0, len(texts), batch_size):
             ids, attention = tokenizer.batch(texts[start:start + batch_size])
-            pred = model(ids, attention).argmax(-1)
+            pred = model(ids.to(device), attention.to(device)).argmax(-1).cpu()
             right += int((pred == torch.as_tensor(list(labels[start:start + batch_size]))).sum())
     return right / max(1, len(texts))

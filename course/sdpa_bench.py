@@ -3,19 +3,32 @@
 Each :class:`Entry` is one cell of the table: a backend (``naive`` is the course's
 :func:`course.efficient.naive_attention`; ``math``, ``efficient``, ``flash`` and ``cudnn`` are
 ``torch.nn.functional.scaled_dot_product_attention`` restricted to one kernel with
-``torch.nn.attention.sdpa_kernel``), a dtype, causal or not, a sequence length, a head size and
-``fwd`` or ``fwd+bwd``. :func:`run_entry` never raises for a combination the device cannot do
-(flash in float32, the CUDA kernels on a CPU, an unsupported head size, out of memory): the entry is
-recorded with status ``"not supported here"`` (or ``"out of memory"``) and the reason.
+``torch.nn.attention.sdpa_kernel``; ``math_reduced`` is ``math`` with fp16/bf16 reductions allowed,
+see below), a dtype, causal or not, a sequence length, a head size and ``fwd`` or ``fwd+bwd``.
+:func:`run_entry` never raises for a combination the device cannot do (flash in float32, the CUDA
+kernels on a CPU or on a GPU older than sm 8.0, an unsupported head size, out of memory): the entry is
+recorded with status ``"not supported here"`` (or ``"out of memory"``) and the reason PyTorch gave for
+that backend (:func:`refusal_reason`).
+
+Since PyTorch 2.5 the ``math`` backend computes fp16 and bf16 inputs in float32 (for accuracy), so in
+half precision it is not "the naive version": ``math_reduced`` times it with
+``torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)``, which keeps the input dtype, and
+the table shows both. In float32 the two are the same kernel, so presets leave ``math_reduced`` out.
 
     results = run_table(cpu_preset())
     print(format_table(results))
     save_table(results, "my_table.json")
+
+On a GPU, :func:`plan_gpu_lesson` picks the dtype from the compute capability (bf16 from sm 8.0,
+float16 below) and the batch from the free memory the GPU reports.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import gc
 import json
+import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,10 +39,13 @@ import torch.nn.functional as F
 
 from course import utils
 from course.bench import benchmark
-from course.efficient import attention_flops, measure_peak_bytes, naive_attention
-from course.utils import describe_exception, first_line
+from course.device import cuda_capability, free_memory_bytes, half_dtype
+from course.efficient import attention_flops, measure_peak_bytes, naive_attention, naive_attention_bytes
+from course.utils import first_line
 
-BACKENDS = ("naive", "math", "efficient", "flash", "cudnn")
+BACKENDS = ("naive", "math", "math_reduced", "efficient", "flash", "cudnn")
+HALF_ONLY = ("math_reduced",)         # the same kernel as math in float32: presets leave it out there
+CUDA_ONLY = ("efficient", "cudnn")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OK, NOT_SUPPORTED, OUT_OF_MEMORY = "ok", "not supported here", "out of memory"
 REFERENCE_DIR = Path(__file__).resolve().parent / "data" / "reference"
@@ -50,8 +66,90 @@ QUOTED_H100 = {
 
 def _sdpa_backend(name: str):
     from torch.nn.attention import SDPBackend
-    return {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    return {"math": SDPBackend.MATH, "math_reduced": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[name]
+
+
+@contextlib.contextmanager
+def reduced_precision_math(enabled: bool = True):
+    """Inside the block, SDPA's math backend keeps fp16/bf16 inputs in their dtype (PyTorch >= 2.5
+    upcasts them to float32 by default); the previous setting is restored after. Older PyTorch
+    versions did not upcast and lack the switch: there the block changes nothing."""
+    cuda = torch.backends.cuda
+    setter = getattr(cuda, "allow_fp16_bf16_reduction_math_sdp", None)
+    getter = getattr(cuda, "fp16_bf16_reduction_math_sdp_allowed", None)
+    if setter is None or getter is None:
+        yield
+        return
+    before = getter()
+    setter(enabled)
+    try:
+        yield
+    finally:
+        setter(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# Why a backend refused: PyTorch's warnings, one section per backend
+# ---------------------------------------------------------------------------------------------
+# When no kernel of the allowed ones can run, PyTorch re-runs every backend's checks and warns once per
+# failed check, each backend's section opened by a header, in this order on CUDA: "Memory efficient
+# kernel not used because:", "Flash attention kernel not used because:", "CuDNN attention kernel not used
+# because:" (the CPU has only the flash section), then raises "No available kernel". The backends that
+# were not requested say "... has been runtime disabled.". Each message ends with the C++ source
+# location "(Triggered internally at /path/sdp_utils.cpp:NNN.)", a path of the machine that built PyTorch.
+_HEADER = re.compile(r"^(?P<name>.+?) kernel not used because:?$", re.IGNORECASE)
+_SOURCE_LOCATION = re.compile(r"\s*\(Triggered internally at [^)]*(\)\.?|$)")
+_HEADER_NAMES = (("memory efficient", "efficient"), ("mem efficient", "efficient"), ("flash", "flash"),
+                 ("cudnn", "cudnn"))
+
+
+def clean_warning(message: object, limit: int = 200) -> str:
+    """The first line of a warning or message, without PyTorch's "(Triggered internally at <source
+    path>)" suffix (removed before the line is cut to ``limit`` characters, so no part of it stays)."""
+    return first_line(_SOURCE_LOCATION.sub("", first_line(message, limit=10_000)), limit)
+
+
+def _header_backend(name: str) -> str:
+    name = name.lower()
+    for prefix, backend in _HEADER_NAMES:
+        if name.startswith(prefix):
+            return backend
+    return name
+
+
+def refusal_reason(messages: Iterable[object], backend: str) -> str:
+    """Why PyTorch refused ``backend``, in one line, from the warnings it gave (texts, ``Warning``s or
+    the records of ``warnings.catch_warnings(record=True)``).
+
+    Only the section that follows ``backend``'s own header counts (the other backends' sections explain
+    why *they* could not run); warnings without any header (one check that warned directly) are all
+    kept. Repeated lines are dropped. ``""`` when the warnings say nothing about ``backend``.
+    """
+    sections: dict[str | None, list[str]] = {}
+    current: str | None = None
+    for message in messages:
+        line = clean_warning(getattr(message, "message", message))   # a caught warning, or its text
+        header = _HEADER.match(line)
+        if header:
+            current = _header_backend(header["name"])
+            sections.setdefault(current, [])
+        elif line:
+            sections.setdefault(current, []).append(line)
+    lines = sections.get(backend, [])
+    if not lines and set(sections) == {None}:
+        lines = sections[None]
+    return "; ".join(dict.fromkeys(lines))
+
+
+def release_memory(device: torch.device | str) -> None:
+    """Return the memory of freed tensors to the device (CUDA's and MPS's caching allocators keep it)."""
+    device = torch.device(device)
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps") and hasattr(torch.mps, "empty_cache"):
+        torch.mps.empty_cache()
 
 
 @dataclass(frozen=True)
@@ -118,10 +216,13 @@ class Result:
 def enumerate_entries(backends: Sequence[str], dtypes: Sequence[str], causal: Sequence[bool],
                       seqs: Sequence[int], head_dims: Sequence[int], modes: Sequence[str] = ("fwd", "fwd+bwd"),
                       batch: int = 1, heads: int = 4) -> list[Entry]:
-    """Every combination, naive first within each configuration (speed-ups are relative to it)."""
+    """Every combination, naive first within each configuration (speed-ups are relative to it).
+
+    ``math_reduced`` is left out in float32, where it is the same kernel as ``math``."""
     order = sorted(backends, key=lambda b: b != "naive")
     return [Entry(b, dt, c, n, d, m, batch, heads)
-            for dt in dtypes for c in causal for d in head_dims for n in seqs for m in modes for b in order]
+            for dt in dtypes for c in causal for d in head_dims for n in seqs for m in modes for b in order
+            if not (b in HALF_ONLY and dt == "float32")]
 
 
 def cpu_preset() -> list[Entry]:
@@ -134,10 +235,71 @@ def cpu_preset() -> list[Entry]:
                              modes=("fwd", "fwd+bwd"), batch=1, heads=4)
 
 
-def gpu_lesson_preset() -> list[Entry]:
-    """What the lesson runs on a GPU (about half a minute on an H100): bf16, head size 128."""
-    return enumerate_entries(BACKENDS, ["bfloat16"], [False, True], [1024, 2048, 4096], [128],
-                             modes=("fwd", "fwd+bwd"), batch=4, heads=16)
+LESSON_SEQS = (1024, 2048, 4096)
+LESSON_BATCHES = (4, 2, 1)
+MEMORY_FRACTION = 0.8     # of the free memory, for the largest naive entry
+# Peak memory of naive attention over the intermediates ``naive_attention_bytes`` counts, measured with
+# the tensor tracker (bf16, fp16, fp32): about 1.3x forward and 1.6-1.8x forward+backward; rounded up.
+NAIVE_PEAK_FACTOR = {"fwd": 1.5, "fwd+bwd": 2.0}
+
+
+def gpu_lesson_preset(dtype: str = "bfloat16", batch: int = 4, seqs: Sequence[int] = LESSON_SEQS) -> list[Entry]:
+    """What the lesson runs on a GPU (about half a minute on an H100): head size 128, 16 heads,
+    causal and not, forward and forward+backward, every backend. :func:`plan_gpu_lesson` chooses
+    ``dtype``, ``batch`` and ``seqs`` for the GPU at hand."""
+    return enumerate_entries(BACKENDS, [dtype], [False, True], list(seqs), [128],
+                             modes=("fwd", "fwd+bwd"), batch=batch, heads=16)
+
+
+def naive_peak_estimate(entry: Entry) -> int:
+    """Bytes naive attention (and the math backend, which also forms the square matrices) needs for
+    ``entry``: its intermediates (:func:`course.efficient.naive_attention_bytes`) times the measured
+    peak factor, plus q, k, v (and their gradients for ``fwd+bwd``)."""
+    dtype = DTYPES[entry.dtype]
+    inner = naive_attention_bytes(entry.batch, entry.heads, entry.seq, entry.head_dim, dtype)
+    qkv = 3 * entry.batch * entry.heads * entry.seq * entry.head_dim * torch.empty((), dtype=dtype).element_size()
+    grads = 2 if entry.mode == "fwd+bwd" else 1
+    return int(inner * NAIVE_PEAK_FACTOR[entry.mode] + qkv * grads)
+
+
+def size_gpu_preset(free_bytes: int | None, dtype: str = "bfloat16",
+                    seqs: Sequence[int] = LESSON_SEQS, batches: Sequence[int] = LESSON_BATCHES) -> tuple[int, list[int]]:
+    """``(batch, seqs)`` for :func:`gpu_lesson_preset` on a GPU with ``free_bytes`` free.
+
+    The largest batch of ``batches`` whose naive forward+backward at the longest sequence fits in
+    ``MEMORY_FRACTION`` of the free memory; when even the smallest batch does not fit, the longest
+    sequences are dropped until it does. ``free_bytes=None`` (unknown) keeps the largest batch.
+    """
+    if free_bytes is None:
+        return max(batches), list(seqs)
+    budget = MEMORY_FRACTION * free_bytes
+    seqs = sorted(seqs)
+
+    def fits(batch: int, seq: int) -> bool:
+        return naive_peak_estimate(Entry("naive", dtype, False, seq, 128, "fwd+bwd", batch, 16)) <= budget
+    for batch in sorted(batches, reverse=True):
+        if fits(batch, seqs[-1]):
+            return batch, seqs
+    smallest = min(batches)
+    kept = [n for n in seqs if fits(smallest, n)]
+    return smallest, kept or seqs[:1]
+
+
+def plan_gpu_lesson(device: torch.device | str = "cuda") -> tuple[list[Entry], str]:
+    """The lesson's GPU entries for ``device`` and one line saying how they were chosen.
+
+    dtype: :func:`course.device.half_dtype` (bf16 from compute capability 8.0, float16 below, as on a
+    T4); batch and lengths: :func:`size_gpu_preset` from the free memory the GPU reports.
+    """
+    dtype = str(half_dtype(device)).removeprefix("torch.")
+    free = free_memory_bytes(device)
+    batch, seqs = size_gpu_preset(free, dtype)
+    entries = gpu_lesson_preset(dtype, batch, seqs)
+    longest = Entry("naive", dtype, False, seqs[-1], 128, "fwd+bwd", batch, 16)
+    free_text = "unknown" if free is None else f"{free / 1e9:.1f} GB"
+    note = (f"{dtype}, batch {batch}, 16 heads, head size 128, up to {seqs[-1]} tokens: naive forward+backward "
+            f"there needs about {naive_peak_estimate(longest) / 1e9:.1f} GB; the GPU reports {free_text} free")
+    return entries, note
 
 
 def gpu_preset() -> list[Entry]:
@@ -147,7 +309,7 @@ def gpu_preset() -> list[Entry]:
     forward+backward, every backend; plus float32 entries and an odd head size (100), which some
     fused kernels refuse: the table records that.
     """
-    main = enumerate_entries(BACKENDS, ["bfloat16", "float16"], [False, True], [1024, 2048, 4096], [64, 128],
+    main = enumerate_entries(BACKENDS, ["bfloat16", "float16"], [False, True], list(LESSON_SEQS), [64, 128],
                              modes=("fwd", "fwd+bwd"), batch=4, heads=16)
     odd = enumerate_entries(BACKENDS, ["float32"], [False], [2048], [128], modes=("fwd",), batch=4, heads=16)
     odd += enumerate_entries(BACKENDS, ["bfloat16"], [False], [2048], [100], modes=("fwd",), batch=4, heads=16)
@@ -170,9 +332,10 @@ def make_callable(entry: Entry, q, k, v) -> Callable[[], object]:
     else:
         from torch.nn.attention import sdpa_kernel
         backend = _sdpa_backend(entry.backend)
+        reduced = entry.backend == "math_reduced"     # math without its float32 upcast of fp16/bf16
 
         def forward():
-            with sdpa_kernel(backend):
+            with sdpa_kernel(backend), reduced_precision_math(reduced):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=entry.causal)
     if entry.mode == "fwd":
         return forward
@@ -200,24 +363,31 @@ def run_entry(entry: Entry, device: torch.device | str = "cpu", min_run_time: fl
               measure_memory: bool = True) -> Result:
     """Time one entry; a combination the device cannot run is recorded, never raised."""
     device = torch.device(device)
-    if entry.backend in ("efficient", "cudnn") and device.type != "cuda":
+    if entry.backend in CUDA_ONLY and device.type != "cuda":
         return Result(entry, NOT_SUPPORTED, f"the {entry.backend} kernel exists only for CUDA GPUs")
+    refused: Result | None = None
+    caught: list = []
+    q = k = v = fn = None
     try:
         q, k, v = _inputs(entry, device)
         fn = make_callable(entry, q, k, v)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fn()  # one trial call: a refusal shows here (PyTorch warns with the reason, then raises)
+            fn()  # one trial call: a refusal shows here (PyTorch warns with the reasons, then raises)
         peak, method = _peak_memory(fn, device) if measure_memory else (None, "")
         timing = benchmark(fn, f"{entry.backend} {entry.mode}", min_run_time=min_run_time, device=device)
     except Exception as exc:  # one entry must never stop the table: record why and carry on
         oom = isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-        if oom and device.type == "cuda":
-            torch.cuda.empty_cache()
-        # PyTorch explains a refused kernel in warnings ("Flash attention requires ..."), then raises.
-        why = [first_line(w.message) for w in locals().get("caught", [])]
-        reason = "; ".join(dict.fromkeys(why[:2])) or describe_exception(exc)
-        return Result(entry, OUT_OF_MEMORY if oom else NOT_SUPPORTED, reason)
+        # "No available kernel": PyTorch explained the refusal in warnings just before raising.
+        reason = refusal_reason(caught, entry.backend) if "no available kernel" in str(exc).lower() else ""
+        reason = reason or clean_warning(f"{type(exc).__name__}: {first_line(exc, limit=10_000)}")
+        refused = Result(entry, OUT_OF_MEMORY if oom else NOT_SUPPORTED, reason)
+    if refused is not None:
+        # Outside the handler: the exception and its traceback, which held the frames with the large
+        # intermediate tensors, are gone, so their memory can really be returned.
+        q = k = v = fn = None
+        release_memory(device)
+        return refused
     ms = timing.median_ms
     return Result(entry, OK, ms=ms, tflops=entry.flops / (ms * 1e-3) / 1e12, peak_mb=peak, peak_method=method)
 
@@ -247,7 +417,10 @@ def run_table(entries: Sequence[Entry], device: torch.device | str | None = None
 def device_name(device: torch.device | str | None = None) -> str:
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        major, minor = cuda_capability(device)
+        return f"{torch.cuda.get_device_name(device)} (sm {major}.{minor})"
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
     import platform
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from course.device import model_device, to_device
 from course.progress import progress
 from course.utils import eval_mode
 
@@ -29,6 +30,7 @@ class History:
     eval_steps: list[int] = field(default_factory=list)
     eval_loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    device: str = ""          # where the last training run ran ("cpu", "cuda:0", "mps:0", ...)
 
     @property
     def final_eval(self) -> float:
@@ -136,6 +138,7 @@ def train(
     desc: str = "training",
     optimizer: torch.optim.Optimizer | None = None,
     history: History | None = None,
+    device: torch.device | str | None = None,
 ) -> History:
     """Train ``model`` for ``steps`` optimiser steps and return the :class:`History`.
 
@@ -143,9 +146,16 @@ def train(
     returns a scalar loss. ``eval_fn(model)`` (called in eval mode every ``eval_every`` steps and
     at the end) returns a validation number, usually a loss. Pass a ``history`` to continue one.
     The model is left in eval mode, ready to be evaluated or to generate.
+
+    ``device`` (e.g. ``course.device.pick_device()``): the model is moved there (and stays there) and
+    every batch is moved there before ``loss_fn`` sees it (tensors inside tuples, lists, dicts and
+    dataclasses too); ``eval_fn`` gets the model on that device. ``None`` leaves both where they are.
+    Pass an ``optimizer`` only for a model already on ``device``.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    if device is not None:
+        model.to(device)
     if optimizer is None:
         decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
@@ -163,6 +173,7 @@ def train(
         history.eval_steps.append(step)
         history.eval_loss.append(value)
 
+    history.device = str(model_device(model))
     model.train()
     started = time.perf_counter()
     bar = progress(range(steps), desc=desc)
@@ -170,7 +181,7 @@ def train(
         step = start_step + i
         for group in optimizer.param_groups:
             group["lr"] = lr_at(i, steps, lr, warmup)
-        loss = loss_fn(model, next_batch(step))
+        loss = loss_fn(model, to_device(next_batch(step), device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss.item()} at step {step}; try a smaller learning rate")
         optimizer.zero_grad(set_to_none=True)

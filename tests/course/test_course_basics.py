@@ -87,3 +87,67 @@ def test_hub_reachable_is_false_for_a_host_that_does_not_resolve(monkeypatch):
     started = time.perf_counter()
     assert hub_reachable(timeout=0.5, host="no-such-host.invalid") is False   # .invalid never resolves
     assert time.perf_counter() - started < 2.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Simulated GPUs: what the course chooses from a compute capability, and which clock waits for MPS
+# ---------------------------------------------------------------------------------------------
+class _Props:
+    def __init__(self, name, major, minor, gib):
+        self.name, self.major, self.minor, self.total_memory = name, major, minor, gib * 2**30
+
+
+def _simulate_cuda(monkeypatch, name, capability, gib=16):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: _Props(name, *capability, gib))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+
+
+@pytest.mark.parametrize("name, capability, dtype", [
+    ("Tesla T4", (7, 5), torch.float16),            # Colab's free GPU: no bf16 tensor cores
+    ("Tesla V100-SXM2-16GB", (7, 0), torch.float16),
+    ("NVIDIA A100-SXM4-40GB", (8, 0), torch.bfloat16),
+    ("NVIDIA H100 80GB HBM3", (9, 0), torch.bfloat16),
+])
+def test_half_dtype_follows_the_compute_capability(monkeypatch, name, capability, dtype):
+    from course.device import cuda_capability, half_dtype
+    _simulate_cuda(monkeypatch, name, capability)
+    assert cuda_capability("cuda") == capability and half_dtype("cuda") == dtype
+    assert half_dtype("cpu") == torch.float32 and half_dtype("mps") == torch.float16 and cuda_capability("cpu") is None
+
+
+def test_describe_device_says_what_an_older_gpu_lacks(monkeypatch):
+    _simulate_cuda(monkeypatch, "Tesla T4", (7, 5), gib=15)
+    text = describe_device("cuda")
+    assert text.startswith("cuda (Tesla T4, 15 GiB, compute capability 7.5)")
+    assert "no bfloat16 tensor cores" in text and "memory-efficient" in text
+    _simulate_cuda(monkeypatch, "NVIDIA A100-SXM4-40GB", (8, 0), gib=40)
+    assert "bfloat16" not in describe_device("cuda")
+
+
+def test_free_memory_comes_from_the_gpu_and_is_unknown_elsewhere(monkeypatch):
+    from course.device import free_memory_bytes
+    _simulate_cuda(monkeypatch, "Tesla T4", (7, 5))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (14_000_000_000, 15_000_000_000))
+    assert free_memory_bytes("cuda") == 14_000_000_000 and free_memory_bytes("cpu") is None
+
+
+def test_benchmark_on_mps_waits_for_the_mps_queue_before_every_clock_reading(monkeypatch):
+    """torch.utils.benchmark's own clock waits for CUDA only in older PyTorch; on MPS it timed the dispatch."""
+    waits = {"mps": 0, "cuda": 0}
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waits.__setitem__("mps", waits["mps"] + 1))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waits.__setitem__("cuda", waits["cuda"] + 1))
+    timing = benchmark(lambda: None, "noop", device="mps", warmup=1, min_run_time=0.01)
+    assert timing.device == "mps" and waits["cuda"] == 0
+    assert waits["mps"] >= 2 * timing.runs            # a reading before and after every measured block
+    waits["mps"] = 0
+    assert benchmark(lambda: None, device="cpu", warmup=1, min_run_time=0.01).device == "cpu" and waits["mps"] == 0
+
+
+def test_benchmark_without_a_device_is_labelled_cpu_even_where_a_gpu_exists(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: pytest.fail("a CPU timing waited for CUDA"))
+    assert benchmark(lambda: None, warmup=1, min_run_time=0.01).device == "cpu"

@@ -61,3 +61,50 @@ def test_a_diverging_loss_stops_training_with_a_message():
 def test_history_smoothing_is_a_running_mean():
     h = History(train_loss=[4.0, 2.0, 0.0, 2.0])
     assert h.smoothed(window=2) == [4.0, 3.0, 1.0, 1.0]
+
+
+def test_train_moves_the_model_and_every_batch_to_the_device_and_records_it(monkeypatch):
+    """Only a CPU here: the move is watched by a spy (the batch's nested tensors are moved for real)."""
+    import course.train as course_train
+    from course.device import to_device
+
+    x, y = _regression_problem()
+    moved_to, seen = [], []
+
+    def spy(batch, device):
+        moved_to.append(device)
+        return to_device(batch, device)
+
+    monkeypatch.setattr(course_train, "to_device", spy)
+    model = nn.Linear(4, 1)
+    model_to = []
+    real_to = model.to
+    monkeypatch.setattr(model, "to", lambda *a, **k: model_to.append(a) or real_to(*a, **k))
+
+    def loss_fn(m, batch):
+        seen.append(type(batch["xy"]).__name__)
+        return nn.functional.mse_loss(m(batch["xy"][0]), batch["xy"][1])
+    history = train(model, lambda step: {"xy": (x[:32], y[:32])}, loss_fn, steps=3, device="cpu")
+    assert model_to == [("cpu",)] and moved_to == ["cpu"] * 3 and seen == ["tuple"] * 3
+    assert history.device == "cpu"
+    # without a device, nothing is moved and the history names where the model was
+    history = train(nn.Linear(4, 1), lambda step: (x[:32], y[:32]),
+                    lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]), steps=2)
+    assert moved_to[3:] == [None, None] and history.device == "cpu"
+
+
+def test_to_device_walks_tuples_lists_dicts_and_dataclasses():
+    from dataclasses import dataclass
+
+    from course.device import to_device
+
+    @dataclass
+    class Batch:
+        ids: torch.Tensor
+        name: str
+
+    batch = {"a": (torch.zeros(2), [torch.ones(1), 3]), "b": Batch(torch.zeros(1), "x")}
+    moved = to_device(batch, "meta")          # a real move, to PyTorch's shape-only device
+    assert moved["a"][0].device.type == "meta" and moved["a"][1][0].device.type == "meta" and moved["a"][1][1] == 3
+    assert moved["b"].ids.device.type == "meta" and moved["b"].name == "x"
+    assert to_device(batch, None) is batch
