@@ -7,17 +7,22 @@ implementation, and answers in one line:
     ✗ softmax: softmax over the wrong axis: each row should sum to 1 (dim=-1). Largest error 0.41.
     … softmax: not attempted yet: replace `raise NotImplementedError()` with your code.
 
-When the values are wrong, the checker runs a library of known mistakes (``Mistake``) on the same
-inputs; if the learner's output matches one of them, its hint names the likely error. A failure that
-matches no known mistake still gets a structural hint where one applies (transposed, normalised over
-the wrong axis, off by a constant factor, shifted by one position, wrong only at the boundary, wrong
-only for batch > 1, the right numbers in the wrong places), and NaN or inf in the output is named with
-the row where it appears.
+When the answer is wrong, the checker runs a library of known mistakes (``Mistake``) on the same
+inputs; a mistake that gives the learner's output on the failing case and on every case before it has its
+hint name the likely error (one that merely coincides on the failing case is not blamed; when several fit,
+the later cases choose). A wrong value that matches no known mistake gets, in order, the checker's own
+words for NaN or inf (``nonfinite_hint``), its own "where is it wrong" (``locate``), a structural hint
+where one applies (transposed, normalised over the wrong axis, off by a constant factor, shifted by one
+position, wrong only at the boundary, wrong only for batch > 1, the right numbers in the wrong places), or
+for ids and masks how many entries differ and the first one. A wrong shape is explained where it can be
+(swapped axes, a lost batch axis, a reduction without keepdim=True), and NaN or inf in the output is
+named with the row where it appears.
 
-Two engines: :func:`check_function` compares tensors, :func:`check_values` compares plain Python
-values (ints, lists, dicts), e.g. the pair counts of lesson 02. Both give the learner's function a time
-limit per case (:data:`DEFAULT_TIME_LIMIT_S`, or ``COURSE_CHECK_TIME_LIMIT`` in the environment), so a
-loop that never ends is reported in one line instead of blocking the notebook.
+Two engines: :func:`check_function` compares tensors (its options: :func:`evaluate_function`),
+:func:`check_values` compares plain Python values (ints, lists, dicts), e.g. the pair counts of lesson
+02. Both give every call of the learner's function a time limit (:data:`DEFAULT_TIME_LIMIT_S`, or
+``COURSE_CHECK_TIME_LIMIT`` in the environment), so a loop that never ends is reported in one line
+instead of blocking the notebook.
 
 In a lesson the line is printed and the notebook carries on. Under a grader or the test suite
 (``NBGRADER_EXECUTION`` or ``COURSE_STRICT_CHECKS=1`` in the environment), anything but a pass
@@ -436,6 +441,14 @@ def _shape_words(gs: tuple, ws: tuple) -> str:
         return text + ": an extra axis of size 1 in front"
     if len(gs) == len(ws) and sorted(gs) == sorted(ws):
         return text + ": the same sizes in another order (axes permuted?)"
+    if tuple(d for d in gs if d != 1) == tuple(d for d in ws if d != 1):
+        return text + (": a size-1 axis is missing (a reduction without keepdim=True?)" if len(gs) < len(ws)
+                       else ": an extra size-1 axis")
+    if len(gs) == len(ws):
+        grown = [i for i, (a, b) in enumerate(zip(gs, ws)) if a != b]
+        if grown and all(ws[i] == 1 for i in grown):
+            return text + (f": axis {grown[0]} should have size 1 but grew to {gs[grown[0]]} by broadcasting "
+                           "(a reduction without keepdim=True?)")
     return text
 
 
@@ -477,7 +490,9 @@ def _values_problem(name: str, g: torch.Tensor, w: torch.Tensor, atol: float, rt
     flat = int((~close).flatten().nonzero()[0])
     index = _index(flat, tuple(w.shape))
     have, expected = g.flatten()[flat].item(), w.flatten()[flat].item()
-    at = f"first difference at {_fmt_index(index)}: " if index else ""
+    count = int((~close).sum())
+    at = (f"{count} of {w.numel()} entries, the first at {_fmt_index(index)}: " if count > 1
+          else f"first difference at {_fmt_index(index)}: ") if index else ""
     return _Problem("values", _wrong_values(name),
                     first=f"{at}you have {_fmt_number(have)}, expected {_fmt_number(expected)}")
 
@@ -720,16 +735,35 @@ def evaluate_function(
     context: Callable[[], Any] | None = None,
     convert: Callable[[Any], Any] | None = None,
     batch_first: bool | None = None,
+    exception_hints: Sequence[tuple[str, str]] = (),
+    nonfinite_hint: str | None = None,
+    locate: Locate | None = None,
 ) -> CheckResult:
-    """Run ``fn`` and ``reference`` on every case and compare (within ``atol``/``rtol``); on wrong values,
-    name the first of ``mistakes`` whose output matches (preferring one that also agrees with the learner
-    on the earlier cases), else describe the error's structure. Silent: only returns the result.
+    """Run ``fn`` and ``reference`` on every case and compare (within ``atol``/``rtol``); on a wrong answer,
+    name a mistake of ``mistakes`` whose output is the learner's on every case up to the failing one (a
+    mistake that merely coincides on the failing case is not blamed; when several fit, the later cases
+    choose), whatever the shape or dtype; else, for wrong values, the checker's ``locate``, else describe
+    the error's structure. Silent: only returns the result.
 
     ``time_limit``: seconds per case (default :func:`time_limit_s`). ``context``: a context manager
     factory the learner's call runs in (e.g. ``torch.no_grad``). ``convert``: applied to the learner's
     output before comparing (a failure there is reported as the checker's, with what the learner returned).
     ``batch_first``: the outputs' axis 0 is a batch, also for 2-D outputs (default: for 3 or more dimensions).
+    ``exception_hints``: ``(text in the exception message, hint)`` pairs for a learner function that raises
+    (see :func:`with_exception_hints`). ``nonfinite_hint``: what NaN or inf where the answer is finite
+    usually means in this exercise (an ``exp`` that overflowed, a row with nothing left), in place of the
+    generic reading. ``locate(args, name, got, want)``: the checker's own "where is it wrong", in the
+    exercise's terms (only the tokens tied at the k-th value, only at distance w, ...), tried on each wrong
+    output before the generic structure; it gets float64 copies of floating outputs, and if it raises the
+    line goes on without it.
     """
+    result = _evaluate_function(exercise, fn, reference, cases, mistakes, output_names, atol, rtol, time_limit,
+                                context, convert, batch_first, nonfinite_hint, locate)
+    return with_exception_hints(result, exception_hints) if exception_hints else result
+
+
+def _evaluate_function(exercise, fn, reference, cases, mistakes, output_names, atol, rtol, time_limit, context,
+                       convert, batch_first, nonfinite_hint, locate) -> CheckResult:
     if not callable(fn):
         return CheckResult(exercise, FAILED, f"expected a function, got {type(fn).__name__}; pass the function itself, without calling it")
     worst = 0.0
@@ -766,29 +800,35 @@ def evaluate_function(
                                    if isinstance(w, torch.Tensor) and w.is_floating_point()])
             seen.append((args, got))
             continue
-        return CheckResult(exercise, FAILED, _failure_detail(problem, got, want, args, seen, mistakes, output_names,
-                                                             atol, rtol, where, batch_first), max_error=problem.error)
+        later = _LaterCases(fn, cases[i + 1:], time_limit, context, convert)
+        hint = _diagnose(got, args, mistakes, output_names, atol, rtol, seen, later)
+        return CheckResult(exercise, FAILED, _failure_detail(problem, got, want, args, hint, output_names, atol, rtol,
+                                                             where, batch_first, nonfinite_hint, locate),
+                           max_error=problem.error)
     return CheckResult(exercise, PASSED, f"correct on {len(cases)} case(s) (largest error {worst:.1e}).", max_error=worst)
 
 
-def _failure_detail(problem: _Problem, got, want, args, seen, mistakes, names, atol, rtol, where,
-                    batch_first=None) -> str:
-    """The learner's line for a failing case: a known mistake's hint, else a structural hint, else the
-    bare difference; then the largest error (floating outputs) or the first difference (others)."""
+def _failure_detail(problem: _Problem, got, want, args, hint, names, atol, rtol, where, batch_first=None,
+                    nonfinite_hint=None, locate=None) -> str:
+    """The learner's line for a failing case: a known mistake's hint (``hint``), else the checker's
+    ``nonfinite_hint`` or ``locate``, else a structural hint, else the bare difference; then the largest
+    error (floating outputs) or the first difference (others)."""
     if problem.kind not in ("values", "nan"):
-        return f"{problem.text} ({where})."
-    hint = _diagnose(got, args, mistakes, names, atol, rtol, seen)
+        return f"{hint} ({problem.text}; {where})." if hint else f"{problem.text} ({where})."
     names = _expected_names(names, len(_as_tuple(want)))
-    g = (_as_tuple(got) if isinstance(want, (tuple, list)) else (got,))[problem.output]
-    w = _as_tuple(want)[problem.output]
+    got_t = _as_tuple(got) if isinstance(want, (tuple, list)) else (got,)
+    g, w = got_t[problem.output], _as_tuple(want)[problem.output]
     if problem.kind == "nan":
         if hint:
             return f"{hint}. Y{problem.first[1:]} ({where})."
+        if nonfinite_hint:
+            return f"{problem.first}: {nonfinite_hint} ({where})."
         return f"{problem.text} ({where})."
     if g.dtype != w.dtype and problem.error is not None:  # float16 for float32: the dtype is the likely cause
         text = hint or problem.text
     else:
-        text = hint or structural_hint(g, w, names[problem.output], atol, rtol, batch_first) or problem.text
+        text = (hint or _located(locate, args, names, got_t, _as_tuple(want), atol, rtol)
+                or structural_hint(g, w, names[problem.output], atol, rtol, batch_first) or problem.text)
     if problem.error is None:  # token ids, masks: no "largest error", the first difference instead
         if text == problem.text:
             return f"{text}, {problem.first} ({where})."
@@ -806,26 +846,81 @@ def _at_largest(g: torch.Tensor, w: torch.Tensor) -> str:
         return ""
 
 
+Locate = Callable[[tuple, str, torch.Tensor, torch.Tensor], "str | None"]
+"""A checker's own "where is it wrong": ``locate(args, output name, got, want)`` gives words or None."""
+
+
+def _located(locate, args, names, got_t, want_t, atol, rtol) -> str | None:
+    """The checker's ``locate`` on each wrong output in turn (named when there are several), or None."""
+    if locate is None:
+        return None
+    for name, g, w in zip(names, got_t, want_t):
+        if not (isinstance(g, torch.Tensor) and isinstance(w, torch.Tensor)) or g.shape != w.shape:
+            continue
+        if bool(_close(g, w, atol, rtol).all()):
+            continue
+        g, w = g.detach(), w.detach()
+        if w.is_floating_point():
+            g, w = g.double(), w.double()
+        try:
+            text = locate(args, name, g, w)
+        except Exception:  # noqa: BLE001 - a hint is a bonus; the line goes on without it
+            text = None
+        if text:
+            return text if len(names) == 1 else f"in {name}, {text}"
+    return None
+
+
+@dataclass
+class _LaterCases:
+    """The learner's outputs on the cases after the failing one, computed only when asked for (to choose
+    between mistakes), each call under the time limit; stops at the first call that fails."""
+
+    fn: Any
+    cases: Sequence[tuple]
+    time_limit: float | None
+    context: Any
+    convert: Any
+
+    def __iter__(self):
+        for args in self.cases:
+            given = _clone(args)
+            call = _call_learner(self.fn, given, "", self.time_limit, self.context)
+            if call.status is not None or not _same_inputs(given, args):
+                return
+            got = call.value
+            if self.convert is not None:
+                try:
+                    got = self.convert(got)
+                except Exception:  # noqa: BLE001
+                    return
+            yield args, got
+
+
 def _diagnose(got: Any, args: tuple, mistakes: Sequence[Mistake], names, atol, rtol,
-              seen: Sequence[tuple[tuple, Any]] = ()) -> str | None:
-    """The hint of the first known mistake whose output matches ``got``, preferring one that also gives
-    the learner's outputs on the cases before (``seen``: (args, learner's output) pairs)."""
+              seen: Sequence[tuple[tuple, Any]] = (), later: Any = ()) -> str | None:
+    """The hint of a known mistake that gives the learner's output on the failing case and on every case
+    before (``seen``: (args, learner's output) pairs), so that one merely coinciding on the failing case is
+    not blamed; when several do, the later cases (``later``: (args, learner's output) pairs, taken one at a
+    time) choose between them."""
     atol, rtol = max(atol, 1e-5), max(rtol, 1e-4)
-    matching = []
-    for mistake in mistakes:
+
+    def fits(mistake: Mistake, a: tuple, out: Any) -> bool:
         try:
-            wrong = mistake.fn(*_clone(args))
+            return _outputs_match(out, mistake.fn(*_clone(a)), names, atol, rtol)
         except Exception:  # noqa: BLE001 - a mistake that cannot run here does not match
-            continue
-        if _outputs_match(got, wrong, names, atol, rtol):
-            matching.append(mistake)
-    for mistake in matching:
-        try:
-            if all(_outputs_match(before, mistake.fn(*_clone(a)), names, atol, rtol) for a, before in seen):
-                return mistake.hint
-        except Exception:  # noqa: BLE001
-            continue
-    return matching[0].hint if matching else None
+            return False
+
+    candidates = [m for m in mistakes if fits(m, args, got) and all(fits(m, a, before) for a, before in seen)]
+    if len(candidates) > 1:
+        for a, out in later:
+            narrower = [m for m in candidates if fits(m, a, out)]
+            if not narrower:
+                break
+            candidates = narrower
+            if len(candidates) == 1:
+                break
+    return candidates[0].hint if candidates else None
 
 
 # ----------------------------------------------------------------------------------------------

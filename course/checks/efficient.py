@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..efficient import kv_append, online_softmax_update, sliding_window_mask
-from .core import CheckResult, Mistake
-from .diagnosis import check
+from .core import CheckResult, Mistake, check_function
 
 __all__ = ["check_online_softmax_update", "check_tiled_attention", "check_sliding_window_mask", "check_kv_append"]
 
@@ -169,10 +168,10 @@ _UPDATE_OVERFLOW = ("the scores in one case reach about 250 and exp() overflows 
 
 def check_online_softmax_update(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(m, l, acc, scores_block, v_block) -> (m_new, l_new, acc_new)``."""
-    return check("online_softmax_update", fn, online_softmax_update, _update_cases(),
-                 mistakes=UPDATE_MISTAKES, output_names=("m_new", "l_new", "acc_new"),
-                 nonfinite_hint=_UPDATE_OVERFLOW, exception_hints=[_UPDATE_SHAPES], atol=1e-5, rtol=1e-4,
-                 strict=strict)
+    return check_function("online_softmax_update", fn, online_softmax_update, _update_cases(),
+                          mistakes=UPDATE_MISTAKES, output_names=("m_new", "l_new", "acc_new"),
+                          nonfinite_hint=_UPDATE_OVERFLOW, exception_hints=[_UPDATE_SHAPES], atol=1e-5, rtol=1e-4,
+                          strict=strict)
 
 
 _UPDATE_SHAPES = ("must match the size of tensor",
@@ -246,8 +245,8 @@ _TILED_NAN = ("one query scores about -150 against every key (another about +150
 
 def check_tiled_attention(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(q, k, v, block_size) -> attention output`` (non-causal) against PyTorch's SDPA."""
-    return check("tiled_attention", fn, _tiled_reference, _tiled_cases(), mistakes=TILED_MISTAKES,
-                 nonfinite_hint=_TILED_NAN, atol=1e-5, rtol=1e-4, strict=strict)
+    return check_function("tiled_attention", fn, _tiled_reference, _tiled_cases(), mistakes=TILED_MISTAKES,
+                          nonfinite_hint=_TILED_NAN, atol=1e-5, rtol=1e-4, strict=strict)
 
 
 # ----------------------------------------------------------------------------- sliding window
@@ -295,9 +294,9 @@ def _window_locate(args, name, got, want) -> str | None:
 
 def check_sliding_window_mask(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(n, w) -> bool [n, n]``, True where ``|i - j| <= w``."""
-    return check("sliding_window_mask", fn, sliding_window_mask, [(7, 2), (9, 3), (5, 0), (3, 4), (6, 5), (1, 0), (8, 1)],
-                 mistakes=WINDOW_MISTAKES, output_names=("mask",), atol=0, rtol=0, locate=_window_locate,
-                 strict=strict)
+    return check_function("sliding_window_mask", fn, sliding_window_mask, [(7, 2), (9, 3), (5, 0), (3, 4), (6, 5), (1, 0), (8, 1)],
+                          mistakes=WINDOW_MISTAKES, output_names=("mask",), atol=0, rtol=0, locate=_window_locate,
+                          strict=strict)
 
 
 # ----------------------------------------------------------------------------- KV-cache append
@@ -342,5 +341,5 @@ KV_MISTAKES = [
 
 def check_kv_append(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(cache_k, cache_v, k_new, v_new) -> (keys, values)`` appended along the sequence axis."""
-    return check("kv_append", fn, kv_append, _kv_cases(), mistakes=KV_MISTAKES, output_names=("keys", "values"),
-                 atol=0, rtol=0, strict=strict)
+    return check_function("kv_append", fn, kv_append, _kv_cases(), mistakes=KV_MISTAKES, output_names=("keys", "values"),
+                          atol=0, rtol=0, strict=strict)

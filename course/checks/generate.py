@@ -25,8 +25,7 @@ import torch
 
 from ..attention import causal_mask, scaled_dot_product_attention
 from ..generate import top_k_filter, top_p_filter
-from .core import CheckResult, Mistake
-from .diagnosis import check
+from .core import CheckResult, Mistake, check_function
 
 __all__ = [
     "check_causal_self_attention",
@@ -137,13 +136,13 @@ def check_causal_self_attention(fn, strict: bool | None = None) -> CheckResult:
     ``q, k, v: [..., seq, d_k]`` (the same ``seq``); ``weights [..., seq, seq]`` with query ``i``
     attending only to keys ``0..i``; ``output = weights @ v``.
     """
-    return check("causal_self_attention", fn, _causal_reference, _causal_cases(),
-                 mistakes=CAUSAL_ATTENTION_MISTAKES, output_names=("output", "weights"), nonfinite_hint=_OVERFLOW,
-                 locate=_causal_locate,
-                 exception_hints=[(text, "the shapes do not fit: build the mask for this call's seq, q.shape[-2], "
-                                   "and transpose the last two axes of k, k.transpose(-2, -1)")
-                                  for text in ("must match the size of tensor", "does not broadcast")],
-                 strict=strict)
+    return check_function("causal_self_attention", fn, _causal_reference, _causal_cases(),
+                          mistakes=CAUSAL_ATTENTION_MISTAKES, output_names=("output", "weights"), nonfinite_hint=_OVERFLOW,
+                          locate=_causal_locate,
+                          exception_hints=[(text, "the shapes do not fit: build the mask for this call's seq, q.shape[-2], "
+                                            "and transpose the last two axes of k, k.transpose(-2, -1)")
+                                           for text in ("must match the size of tensor", "does not broadcast")],
+                          strict=strict)
 
 
 # ----------------------------------------------------------------------------- temperature
@@ -177,8 +176,8 @@ TEMPERATURE_MISTAKES = [
 
 def check_temperature(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(logits, t) -> logits / t`` (``logits: [..., vocab]``, ``t > 0``)."""
-    return check("apply_temperature", fn, lambda x, t: x / t, _temperature_cases(),
-                 mistakes=TEMPERATURE_MISTAKES, output_names=("scaled logits",), atol=1e-6, strict=strict)
+    return check_function("apply_temperature", fn, lambda x, t: x / t, _temperature_cases(),
+                          mistakes=TEMPERATURE_MISTAKES, output_names=("scaled logits",), atol=1e-6, strict=strict)
 
 
 # ----------------------------------------------------------------------------- shared: compare distributions
@@ -297,15 +296,15 @@ def check_top_k_filter(fn, strict: bool | None = None) -> CheckResult:
 
     Compared as distributions: ``softmax(fn(logits, k))`` against the correct one.
     """
-    return check("top_k_filter", _as_distribution(fn), _as_distribution(top_k_filter), _top_k_cases(),
-                 mistakes=[Mistake(m.hint, _as_distribution(m.fn)) for m in TOP_K_MISTAKES],
-                 output_names=("softmax of your filtered logits",), atol=1e-6, locate=_top_k_locate,
-                 nonfinite_hint=_ALL_REMOVED,
-                 exception_hints=[("out of bounds", "k can equal the vocabulary size: the k-th largest is at index "
-                                   "k - 1 of the sorted row, torch.topk(logits, k).values[..., -1:]"),
-                                  ("selected index k out of range", "k can equal the vocabulary size: take "
-                                   "torch.topk(logits, k), not k + 1")],
-                 strict=strict)
+    return check_function("top_k_filter", _as_distribution(fn), _as_distribution(top_k_filter), _top_k_cases(),
+                          mistakes=[Mistake(m.hint, _as_distribution(m.fn)) for m in TOP_K_MISTAKES],
+                          output_names=("softmax of your filtered logits",), atol=1e-6, locate=_top_k_locate,
+                          nonfinite_hint=_ALL_REMOVED,
+                          exception_hints=[("out of bounds", "k can equal the vocabulary size: the k-th largest is at index "
+                                            "k - 1 of the sorted row, torch.topk(logits, k).values[..., -1:]"),
+                                           ("selected index k out of range", "k can equal the vocabulary size: take "
+                                            "torch.topk(logits, k), not k + 1")],
+                          strict=strict)
 
 
 _ALL_REMOVED = ("a row whose logits are all -inf has no distribution (softmax gives NaN): "
@@ -412,7 +411,7 @@ def _top_p_locate(args, name, got, want) -> str | None:
 def check_top_p_filter(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(logits, p) -> logits`` keeping the smallest most-likely set whose probability reaches ``p``
     (the top token always kept), the rest set to ``-inf``. Compared as distributions (softmax)."""
-    return check("top_p_filter", _as_distribution(fn), _as_distribution(top_p_filter), _top_p_cases(),
-                 mistakes=[Mistake(m.hint, _as_distribution(m.fn)) for m in TOP_P_MISTAKES],
-                 output_names=("softmax of your filtered logits",), atol=1e-6, locate=_top_p_locate,
-                 nonfinite_hint=_ALL_REMOVED, strict=strict)
+    return check_function("top_p_filter", _as_distribution(fn), _as_distribution(top_p_filter), _top_p_cases(),
+                          mistakes=[Mistake(m.hint, _as_distribution(m.fn)) for m in TOP_P_MISTAKES],
+                          output_names=("softmax of your filtered logits",), atol=1e-6, locate=_top_p_locate,
+                          nonfinite_hint=_ALL_REMOVED, strict=strict)

@@ -19,8 +19,7 @@ from torch import nn
 
 from course.layers import feed_forward, layer_norm, rms_norm, sublayer_connection, swiglu
 
-from .core import CheckResult, Mistake
-from .diagnosis import check
+from .core import CheckResult, Mistake, check_function
 
 # A learner's shapes that do not broadcast: most often a mean or sum taken without keepdim=True.
 KEEPDIM_HINT = ("must match the size of tensor",
@@ -143,8 +142,8 @@ def check_layer_norm(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x: [..., d], weight: [d], bias: [d], eps) -> [..., d]`` against ``F.layer_norm``."""
     def reference(x, weight, bias, eps):
         return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
-    return check("layer_norm", fn, reference, _layer_norm_cases(), mistakes=LAYER_NORM_MISTAKES,
-                 exception_hints=[KEEPDIM_HINT], nonfinite_hint=_EPS_NAN, atol=1e-5, rtol=1e-4, strict=strict)
+    return check_function("layer_norm", fn, reference, _layer_norm_cases(), mistakes=LAYER_NORM_MISTAKES,
+                          exception_hints=[KEEPDIM_HINT], nonfinite_hint=_EPS_NAN, atol=1e-5, rtol=1e-4, strict=strict)
 
 
 _EPS_NAN = ("a row whose entries are all equal has variance 0, and only eps keeps 0 / 0 away: "
@@ -217,8 +216,8 @@ RMS_NORM_MISTAKES = [
 
 def check_rms_norm(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x: [..., d], weight: [d], eps) -> [..., d]``: ``x / sqrt(mean(x**2, -1) + eps) * weight``."""
-    return check("rms_norm", fn, rms_norm, _rms_norm_cases(), mistakes=RMS_NORM_MISTAKES,
-                 exception_hints=[KEEPDIM_HINT], nonfinite_hint=_RMS_NAN, atol=1e-5, rtol=1e-4, strict=strict)
+    return check_function("rms_norm", fn, rms_norm, _rms_norm_cases(), mistakes=RMS_NORM_MISTAKES,
+                          exception_hints=[KEEPDIM_HINT], nonfinite_hint=_RMS_NAN, atol=1e-5, rtol=1e-4, strict=strict)
 
 
 _RMS_NAN = "a row of zeros (a padding vector) gives 0 / 0 unless eps sits inside: sqrt(mean(x**2) + eps)"
@@ -289,8 +288,8 @@ SUBLAYER_MISTAKES = [
 
 def check_sublayer_connection(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x, sublayer, norm, norm_first) -> [..., d]``: the residual connection with its norm."""
-    return check("sublayer_connection", fn, sublayer_connection, _sublayer_cases(),
-                 mistakes=SUBLAYER_MISTAKES, atol=1e-5, rtol=1e-4, strict=strict)
+    return check_function("sublayer_connection", fn, sublayer_connection, _sublayer_cases(),
+                          mistakes=SUBLAYER_MISTAKES, atol=1e-5, rtol=1e-4, strict=strict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,8 +325,8 @@ FEED_FORWARD_MISTAKES = [
 
 def check_feed_forward(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x: [..., d], w1: [d, d_ff], b1: [d_ff], w2: [d_ff, d], b2: [d]) -> [..., d]`` (ReLU FFN)."""
-    return check("feed_forward", fn, lambda *a: feed_forward(*a, activation="relu"), _ffn_cases(),
-                 mistakes=FEED_FORWARD_MISTAKES, atol=1e-5, rtol=1e-4, strict=strict)
+    return check_function("feed_forward", fn, lambda *a: feed_forward(*a, activation="relu"), _ffn_cases(),
+                          mistakes=FEED_FORWARD_MISTAKES, atol=1e-5, rtol=1e-4, strict=strict)
 
 
 def _swiglu_cases() -> list[tuple]:
@@ -365,8 +364,8 @@ SWIGLU_MISTAKES = [
 
 def check_swiglu(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x: [..., d], w_gate: [d, d_ff], w_up: [d, d_ff], w_down: [d_ff, d]) -> [..., d]``."""
-    return check("swiglu", fn, swiglu, _swiglu_cases(), mistakes=SWIGLU_MISTAKES,
-                 exception_hints=[SWIGLU_SHAPE_HINT], atol=1e-5, rtol=1e-4, strict=strict)
+    return check_function("swiglu", fn, swiglu, _swiglu_cases(), mistakes=SWIGLU_MISTAKES,
+                          exception_hints=[SWIGLU_SHAPE_HINT], atol=1e-5, rtol=1e-4, strict=strict)
 
 
 SWIGLU_SHAPE_HINT = ("must match the size of tensor",

@@ -27,8 +27,7 @@ import torch
 from torch import Tensor
 
 from ..mlm import IGNORE_INDEX, apply_masking_rule, bidirectional_mask, mean_pool
-from .core import CheckResult, Mistake
-from .diagnosis import check
+from .core import CheckResult, Mistake, check_function
 
 __all__ = ["check_masking_rule", "MASKING_MISTAKES", "check_bidirectional_mask", "check_mean_pool",
            "check_classification_head", "MASK_MISTAKES", "POOL_MISTAKES", "HEAD_MISTAKES", "classification_head"]
@@ -186,8 +185,8 @@ def _reference(ids, special, select_u, action_u, random_ids, mask_id, p) -> tupl
 
 def check_masking_rule(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(ids, special, select_u, action_u, random_ids, mask_id, mask_prob) -> (inputs, labels)``."""
-    return check("masking_rule", fn, _reference, _cases(), mistakes=MASKING_MISTAKES,
-                 output_names=("inputs", "labels"), atol=0, rtol=0, locate=_masking_locate, strict=strict)
+    return check_function("masking_rule", fn, _reference, _cases(), mistakes=MASKING_MISTAKES,
+                          output_names=("inputs", "labels"), atol=0, rtol=0, locate=_masking_locate, strict=strict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,8 +236,8 @@ MASK_MISTAKES = [
 
 def check_bidirectional_mask(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(attention_mask [b, s] of 1/0) -> bool [b, 1, s, s]``, True where key j is a real token."""
-    return check("bidirectional_mask", fn, bidirectional_mask, _attention_masks(), mistakes=MASK_MISTAKES,
-                 output_names=("mask",), atol=0, rtol=0, locate=_mask_locate, strict=strict)
+    return check_function("bidirectional_mask", fn, bidirectional_mask, _attention_masks(), mistakes=MASK_MISTAKES,
+                          output_names=("mask",), atol=0, rtol=0, locate=_mask_locate, strict=strict)
 
 
 def _mask_locate(args, name, got, want) -> str | None:
@@ -294,8 +293,8 @@ POOL_SHAPE_HINT = ("must match the size of tensor",
 
 def check_mean_pool(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(hidden [b, s, d], attention_mask [b, s]) -> [b, d]``, the mean over real tokens."""
-    return check("mean_pool", fn, mean_pool, _pool_cases(), mistakes=POOL_MISTAKES, output_names=("pooled",),
-                 exception_hints=[POOL_SHAPE_HINT], atol=1e-5, strict=strict)
+    return check_function("mean_pool", fn, mean_pool, _pool_cases(), mistakes=POOL_MISTAKES, output_names=("pooled",),
+                          exception_hints=[POOL_SHAPE_HINT], atol=1e-5, strict=strict)
 
 
 def classification_head(hidden: Tensor, w_pool: Tensor, b_pool: Tensor, w_cls: Tensor, b_cls: Tensor) -> Tensor:
@@ -346,5 +345,5 @@ HEAD_SHAPE_HINT = ("cannot be multiplied",
 
 def check_classification_head(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(hidden, w_pool, b_pool, w_cls, b_cls) -> logits [b, classes]`` (see :func:`classification_head`)."""
-    return check("classification_head", fn, classification_head, _head_cases(), mistakes=HEAD_MISTAKES,
-                 output_names=("logits",), exception_hints=[HEAD_SHAPE_HINT], atol=1e-5, strict=strict)
+    return check_function("classification_head", fn, classification_head, _head_cases(), mistakes=HEAD_MISTAKES,
+                          output_names=("logits",), exception_hints=[HEAD_SHAPE_HINT], atol=1e-5, strict=strict)

@@ -2,7 +2,7 @@
 the length penalty.
 
 Some typical mistakes change the shape of the answer (queries taken from the encoder give one
-row per *source* token); :func:`course.checks.diagnosis.check` also names a mistake whose output has
+row per *source* token); :func:`course.checks.core.check_function` also names a mistake whose output has
 the learner's (wrong) shape or dtype.
 
 The boundaries: token ids that share digits with <bos> and <eos> (11, 21, 12 next to 1 and 2) and
@@ -21,8 +21,7 @@ from torch import Tensor
 
 from course.seq2seq import beam_step, cross_attention, length_normalise
 
-from .core import CheckResult, Mistake
-from .diagnosis import check
+from .core import CheckResult, Mistake, check_function
 
 __all__ = ["check_shift_targets", "check_cross_attention", "check_beam_step", "check_length_normalise",
            "reference_shift_targets", "reference_cross_attention", "SHIFT_MISTAKES", "CROSS_ATTENTION_MISTAKES",
@@ -87,8 +86,8 @@ def _shift_cases() -> list[tuple]:
 
 def check_shift_targets(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(target [t], bos_id, eos_id) -> (tgt_in [t + 1], labels [t + 1])`` (teacher forcing)."""
-    return check("shift_targets", fn, reference_shift_targets, _shift_cases(), mistakes=SHIFT_MISTAKES,
-                 output_names=("tgt_in", "labels"), atol=0, rtol=0, strict=strict)
+    return check_function("shift_targets", fn, reference_shift_targets, _shift_cases(), mistakes=SHIFT_MISTAKES,
+                          output_names=("tgt_in", "labels"), atol=0, rtol=0, strict=strict)
 
 
 # ------------------------------------------------------------------------------ cross-attention
@@ -205,9 +204,9 @@ def _cross_cases() -> list[tuple]:
 
 def check_cross_attention(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x [b,t,d], memory [b,s,d], w_q, w_k, w_v [d,d], memory_mask [b,s]) -> (out [b,t,d], weights [b,t,s])``."""
-    return check("cross_attention", fn, reference_cross_attention, _cross_cases(), mistakes=CROSS_ATTENTION_MISTAKES,
-                 output_names=("out", "weights"), nonfinite_hint=_CROSS_NAN, exception_hints=[_CROSS_SHAPES],
-                 locate=_cross_locate, strict=strict)
+    return check_function("cross_attention", fn, reference_cross_attention, _cross_cases(), mistakes=CROSS_ATTENTION_MISTAKES,
+                          output_names=("out", "weights"), nonfinite_hint=_CROSS_NAN, exception_hints=[_CROSS_SHAPES],
+                          locate=_cross_locate, strict=strict)
 
 
 def _cross_locate(args, name, got, want) -> str | None:
@@ -327,8 +326,8 @@ def _beam_cases() -> list[tuple]:
 
 def check_beam_step(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(scores [n], log_probs [n, vocab], finished [n], beam_size, eos_id) -> (new_scores, parent, token)``."""
-    return check("beam_step", fn, beam_step, _beam_cases(), mistakes=BEAM_STEP_MISTAKES,
-                 output_names=("new_scores", "parent", "token"), strict=strict)
+    return check_function("beam_step", fn, beam_step, _beam_cases(), mistakes=BEAM_STEP_MISTAKES,
+                          output_names=("new_scores", "parent", "token"), strict=strict)
 
 
 # ------------------------------------------------------------------------------ length penalty
@@ -363,5 +362,5 @@ def _length_cases() -> list[tuple]:
 
 def check_length_normalise(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(scores [n], lengths [n], alpha) -> scores / lengths ** alpha``."""
-    return check("length_normalise", fn, length_normalise, _length_cases(), mistakes=LENGTH_MISTAKES,
-                 output_names=("normalised",), strict=strict)
+    return check_function("length_normalise", fn, length_normalise, _length_cases(), mistakes=LENGTH_MISTAKES,
+                          output_names=("normalised",), strict=strict)

@@ -15,8 +15,7 @@ from numbers import Integral
 import torch
 
 from ..utils import describe_exception
-from .core import FAILED, NOT_ATTEMPTED, PASSED, CheckResult, Mistake, report
-from .diagnosis import check
+from .core import FAILED, NOT_ATTEMPTED, PASSED, CheckResult, Mistake, check_function, report
 
 
 def _stochastic(*shape: int, seed: int) -> torch.Tensor:
@@ -120,8 +119,8 @@ def _rollout_cases() -> list[tuple]:
 
 def check_rollout(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(attentions [layers, heads, s, s]) -> rollout [s, s]``."""
-    return check("attention rollout", fn, reference_rollout, _rollout_cases(), mistakes=ROLLOUT_MISTAKES,
-                 atol=1e-5, strict=strict)
+    return check_function("attention rollout", fn, reference_rollout, _rollout_cases(), mistakes=ROLLOUT_MISTAKES,
+                          atol=1e-5, strict=strict)
 
 
 def reference_referent_share(weights, it_pos, right_pos, wrong_pos) -> torch.Tensor:
@@ -188,8 +187,8 @@ SHARE_BOOL_MEAN = ("could not infer output dtype", "the comparison gives boolean
 
 def check_referent_share(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(weights [b, s, s], it_pos, right_pos, wrong_pos) -> share`` (0-dim tensor)."""
-    return check("referent share", fn, reference_referent_share, _share_cases(), mistakes=SHARE_MISTAKES,
-                 exception_hints=[SHARE_BOOL_MEAN], atol=1e-6, strict=strict)
+    return check_function("referent share", fn, reference_referent_share, _share_cases(), mistakes=SHARE_MISTAKES,
+                          exception_hints=[SHARE_BOOL_MEAN], atol=1e-6, strict=strict)
 
 
 def reference_best_head(scores) -> tuple[int, int]:

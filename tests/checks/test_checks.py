@@ -1,6 +1,7 @@
 """The checker engines (tensors and plain values) and the softmax checker: passes, hints, and bad input,
 one line each; the time limit; messages for NaN, dtypes, None, lists, arrays and tuples; structural hints;
-the checker's own failures reported as such."""
+which mistake is named; the options exception_hints, nonfinite_hint and locate; the checker's own failures
+reported as such."""
 from __future__ import annotations
 
 import math
@@ -456,12 +457,12 @@ def test_integer_and_boolean_outputs_get_the_first_difference_not_a_largest_erro
     result = evaluate_function("ids", lambda x: x.argmax(-1) + 1, lambda x: x.argmax(-1),
                                [(torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0], [0.0, 0.0, 5.0]]),)],
                                output_names=("ids",))
-    assert_fails_with(result, "ids: values differ, first difference at [0]: you have 2, expected 1")
+    assert_fails_with(result, "ids: values differ, 3 of 3 entries, the first at [0]: you have 2, expected 1")
     assert "Largest error" not in result.line
     result = evaluate_function("mask", lambda n: torch.ones(n, n, dtype=torch.bool).triu(1),
                                lambda n: torch.ones(n, n, dtype=torch.bool).tril(), [(4,)], output_names=("mask",))
     assert_fails_with(result, "mask is inverted")
-    assert "first difference at [0, 0]: you have False, expected True" in result.line
+    assert "16 of 16 entries, the first at [0, 0]: you have False, expected True" in result.line
     assert "Largest error" not in result.line
 
 
@@ -536,6 +537,132 @@ def test_a_mistake_that_agrees_with_the_learner_on_the_earlier_cases_is_preferre
     result = evaluate_function("f", learner, lambda x: x, cases, mistakes=mistakes)
     assert_fails_with(result, "doubled when negative")
 
+
+# --- the options lessons 06-11's checkers use, and the structure of a difference on the learner's line -----------
+X = torch.tensor([[1.0, -2.0, 3.0, 0.5], [0.2, 4.0, -1.0, 2.5], [3.0, 1.0, 1.5, -0.7]])
+CUMSUM_CASES = [(X,), (X[:2, :3] * 2,)]
+
+
+def _cumsum_verdict(fn, **options):
+    return evaluate_function("demo", fn, lambda x: x.cumsum(-1), CUMSUM_CASES, **options)
+
+
+@pytest.mark.parametrize("fn, options, words", [
+    (lambda x: 2.5 * x.cumsum(-1), {}, "output is off by a constant factor: yours = 2.5 × the expected"),
+    (lambda x: -x.cumsum(-1), {}, "output has the opposite sign"),
+    (lambda x: x.cumsum(-1) + 0.75, {}, "off by a constant: yours = expected +0.75 everywhere"),
+    (lambda x: torch.zeros_like(x), {}, "output is all zeros"),
+    (lambda x: F.pad(x.cumsum(-1), (1, 0))[..., :-1], {}, "shifted by one position along axis 1: your entry i + 1"),
+    (lambda x: x.cumsum(-1) / torch.where(x.cumsum(-1) > 3, 0.0, 1.0), {}, "your output has inf in row [1]"),
+    (lambda x: torch.cat([x[:1].cumsum(-1), x[1:].cumsum(0)]), {"batch_first": True},
+     "right for the first item along axis 0 and wrong for the others"),
+    (lambda x: torch.cat([x.cumsum(-1)[:, :-1], x.cumsum(-1)[:, -1:] + 1], -1), {},
+     "right except at the end of axis 1 (index 3 of 0..3)"),
+])
+def test_a_failure_no_mistake_explains_gets_its_structure_on_the_line(fn, options, words):
+    assert_fails_with(_cumsum_verdict(fn, **options), words)
+
+
+def test_nan_gets_the_checkers_own_words():
+    result = _cumsum_verdict(lambda x: x.cumsum(-1) * torch.nan, nonfinite_hint="exp() overflowed")
+    assert_fails_with(result, "your output has NaN in row [0]: exp() overflowed (case 1 of 2)")
+
+
+def test_a_mistake_is_named_even_when_its_shape_is_wrong():
+    mistakes = [Mistake("summed the whole row: keep a running total", lambda x: x.sum(-1))]
+    result = _cumsum_verdict(lambda x: x.sum(-1), mistakes=mistakes)
+    assert result.line.startswith("✗ demo: summed the whole row: keep a running total (output has shape (3,), "
+                                  "expected (3, 4); case 1 of 2)"), result.line
+
+
+def test_a_mistake_is_named_only_if_it_fits_every_case_up_to_the_failing_one():
+    # The learner is right on case 1 and wrong on case 2; both mistakes give its answer on case 2, but
+    # only the second also gives the right answer on case 1.
+    learner = lambda x: x.cumsum(-1) if x.shape[1] == 4 else x.cumsum(-1) * 3   # noqa: E731
+    wrong_earlier = Mistake("wrong earlier too", lambda x: x.cumsum(-1) * 3)
+    fits = Mistake("fits both cases", lambda x: x.cumsum(-1) * (3 if x.shape[1] == 3 else 1))
+    assert "wrong earlier too" not in _cumsum_verdict(learner, mistakes=[wrong_earlier]).line
+    assert "fits both cases" in _cumsum_verdict(learner, mistakes=[wrong_earlier, fits]).line
+
+
+def test_when_two_mistakes_fit_the_later_cases_choose():
+    first = Mistake("first", lambda x: x.cumsum(-1) * 2 if x.shape[1] == 4 else x)
+    second = Mistake("second", lambda x: x.cumsum(-1) * 2)
+    result = _cumsum_verdict(lambda x: x.cumsum(-1) * 2, mistakes=[first, second])
+    assert "second" in result.line and "first" not in result.line, result.line
+
+
+def test_the_later_cases_run_under_the_time_limit_too():
+    first = Mistake("first", lambda x: x.cumsum(-1) * 2 if x.shape[1] == 4 else x)
+    second = Mistake("second", lambda x: x.cumsum(-1) * 2)
+
+    def learner(x):
+        if x.shape[1] == 3:  # the later case: never returns
+            while True:
+                pass
+        return x.cumsum(-1) * 2
+    start = time.monotonic()
+    result = _cumsum_verdict(learner, mistakes=[first, second], time_limit=0.3)
+    assert time.monotonic() - start < 5
+    assert_fails_with(result, "first")  # the later case could not choose: the first that fits stands
+
+
+@pytest.mark.parametrize("got, want, words", [
+    ((4, 3), (3, 4), "the last two axes are swapped"),
+    ((3,), (3, 1), "a size-1 axis is missing (a reduction without keepdim=True?)"),
+    ((3, 1, 4), (3, 4), "an extra size-1 axis"),
+    ((3, 3), (3, 1), "axis 1 should have size 1 but grew to 3 by broadcasting"),
+    ((5, 2), (3, 4), "output has shape (5, 2), expected (3, 4) "),
+])
+def test_shape_hints(got, want, words):
+    problem, _ = compare_outputs(torch.zeros(got), torch.zeros(want), ("output",), 1e-5, 1e-4)
+    assert words in problem + " ", problem
+
+
+def test_ids_and_masks_say_where_the_first_difference_is():
+    got, want = torch.tensor([[1, 2, 3], [4, 9, 6]]), torch.tensor([[1, 2, 3], [4, 5, 6]])
+    result = evaluate_function("ids", lambda x: got, lambda x: want, [(0,)], output_names=("ids",))
+    assert_fails_with(result, "ids: values differ, first difference at [1, 1]: you have 9, expected 5")
+    result = evaluate_function("flag", lambda x: torch.tensor(True), lambda x: torch.tensor(False), [(0,)])
+    assert_fails_with(result, "output: values differ, you have True, expected False")
+
+
+def test_the_checkers_locator_speaks_before_the_generic_structure():
+    def locate(args, name, got, want):
+        return "wrong only where the checker says"
+    result = _cumsum_verdict(lambda x: 2 * x.cumsum(-1), locate=locate)
+    assert_fails_with(result, "✗ demo: wrong only where the checker says. Largest error")
+
+
+def test_a_later_output_is_named_when_it_says_more():
+    def locate(args, name, got, want):
+        return "the weights leak" if name == "weights" else None
+    result = evaluate_function("demo", lambda x: (x + torch.rand(3, 4), x * 0), lambda x: (x, x), [(X,)],
+                               output_names=("out", "weights"), locate=locate)
+    assert_fails_with(result, "in weights, the weights leak")
+
+
+def test_a_locator_that_breaks_leaves_the_engines_line():
+    def locate(args, name, got, want):
+        raise RuntimeError("a bug in the checker")
+    result = _cumsum_verdict(lambda x: x.cumsum(-1) ** 3, locate=locate)
+    assert_fails_with(result, "output: values differ")
+    assert "a bug in the checker" not in result.line
+
+
+def test_the_options_leave_passes_raises_in_place_and_unattempted_to_the_engine():
+    assert _cumsum_verdict(lambda x: torch.cumsum(x, dim=1), locate=lambda *a: "never").status == PASSED
+
+    def todo(x):
+        raise NotImplementedError()
+    assert _cumsum_verdict(todo, nonfinite_hint="never").status == NOT_ATTEMPTED
+    line = _cumsum_verdict(lambda x: x @ x, exception_hints=[("cannot be multiplied", "multiply elementwise")]).line
+    assert line.startswith("✗ demo: multiply elementwise. Your function raised RuntimeError")
+
+    def in_place(x):
+        return x.cumsum_(-1)
+    line = _cumsum_verdict(in_place, locate=lambda *a: "never").line
+    assert "in place" in line and "values differ" not in line and "never" not in line
 
 # --- the checker's own code -------------------------------------------------------------------------------------
 def test_a_failing_reference_is_reported_as_the_checkers_bug():

@@ -129,8 +129,8 @@ WRONG_TEMPERATURES = [
     Wrong("subtracted", lambda x, t: x - t, "subtracted the temperature"),
     Wrong("floor division", lambda x, t: x // t, "floor division"),
     Wrong("log-probabilities", lambda x, t: torch.log_softmax(x / t, -1), "log-probabilities"),
-    Wrong("divided by t squared", lambda x, t: x / t ** 2, "times the answer"),
-    Wrong("divided by t + 1", lambda x, t: x / (t + 1), "times the answer"),
+    Wrong("divided by t squared", lambda x, t: x / t ** 2, "off by a constant factor"),
+    Wrong("divided by t + 1", lambda x, t: x / (t + 1), "off by a constant factor"),
     Wrong("in place", lambda x, t: x.div_(t), "in place"),
     Wrong("shifted by the max first", lambda x, t: (x - x.max()) / t, "off by a constant"),
 ]

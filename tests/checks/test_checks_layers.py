@@ -114,7 +114,7 @@ WRONG_LAYER_NORMS = [
           "bias is added before the scaling"),
     Wrong("mean without keepdim", ln_no_keepdim, "keepdim=True"),
     Wrong("normalised output doubled", lambda x, w, b, e: 2 * ln_learner(x, w, b, e, affine=False) * w + 2 * b,
-          "2 times the answer"),
+          "yours = 2 × the expected"),
 ]
 
 RIGHT_LAYER_NORMS = [
@@ -286,7 +286,7 @@ WRONG_SWIGLUS = [
     Wrong("SiLU on the product", lambda x, g, u, d: F.silu((x @ g) * (x @ u)) @ d, "after the product"),
     Wrong("added, not multiplied", lambda x, g, u, d: (F.silu(x @ g) + x @ u) @ d, "are added"),
     Wrong("brackets forgotten", lambda x, g, u, d: (F.silu(x @ g) * x @ u) @ d, "mind the brackets"),
-    Wrong("half of SiLU", lambda x, g, u, d: (0.5 * F.silu(x @ g) * (x @ u)) @ d, "0.5 times the answer"),
+    Wrong("half of SiLU", lambda x, g, u, d: (0.5 * F.silu(x @ g) * (x @ u)) @ d, "yours = 0.5 × the expected"),
 ]
 
 RIGHT_SWIGLUS = [

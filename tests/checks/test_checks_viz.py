@@ -76,7 +76,7 @@ WRONG_ROLLOUTS = [
     Wrong("mean over layers", lambda a: rollout_learner(a.transpose(0, 1)), "averaged over the layers"),
     Wrong("starts from the first layer", lambda a: rollout_learner(torch.cat([a[:1], a])), "counted twice"),
     Wrong("A + I, no halving, no renormalising", lambda a: functools.reduce(
-        lambda acc, x: x @ acc, a.mean(1) + torch.eye(a.shape[-1]), torch.eye(a.shape[-1])), "times the answer"),
+        lambda acc, x: x @ acc, a.mean(1) + torch.eye(a.shape[-1]), torch.eye(a.shape[-1])), "rows do not sum to 1"),
     Wrong("transposed result", lambda a: rollout_learner(a).T, "transpose"),
 ]
 
@@ -124,7 +124,7 @@ WRONG_SHARES = [
     Wrong("mean of booleans", lambda w, i, r, x: (w[torch.arange(len(i)), i, r] > w[torch.arange(len(i)), i, x]).mean(),
           ".float().mean()"),
     Wrong("a Python float", lambda *a: float(reference_referent_share(*a)), "torch.Tensor"),
-    Wrong("shape (1,)", lambda *a: reference_referent_share(*a).reshape(1), "extra size-1 axis"),
+    Wrong("shape (1,)", lambda *a: reference_referent_share(*a).reshape(1), "expected a single number"),
     Wrong("share of the weight", lambda w, i, r, x: (w[torch.arange(len(i)), i, r] / (
         w[torch.arange(len(i)), i, r] + w[torch.arange(len(i)), i, x])).mean(), "values differ"),
 ]
