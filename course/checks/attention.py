@@ -21,7 +21,7 @@ import math
 import torch
 
 from ..attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
-from .core import CheckResult, Mistake, evaluate_function, report, with_exception_hints
+from .core import CheckResult, Mistake, check_function, evaluate_function, report
 
 __all__ = [
     "check_attention_scores",
@@ -86,9 +86,9 @@ _AXES_HINTS = [("must match the size", _LAST_TWO), ("out of range", _LAST_TWO), 
 
 def check_attention_scores(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(q [..., seq_q, d_k], k [..., seq_k, d_k]) -> scores [..., seq_q, seq_k]`` = q k^T / sqrt(d_k)."""
-    result = evaluate_function("attention_scores", fn, lambda q, k: q @ _t(k) / math.sqrt(q.shape[-1]),
-                               _score_cases(), mistakes=SCORE_MISTAKES, output_names=("scores",))
-    return report(with_exception_hints(result, _AXES_HINTS), strict=strict)
+    return check_function("attention_scores", fn, lambda q, k: q @ _t(k) / math.sqrt(q.shape[-1]),
+                          _score_cases(), mistakes=SCORE_MISTAKES, output_names=("scores",),
+                          exception_hints=_AXES_HINTS, strict=strict)
 
 
 # ----------------------------------------------------------------------------- attention (no mask)
@@ -169,9 +169,9 @@ ATTENTION_MISTAKES = [
 
 def check_attention(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(q, k, v) -> (output [..., seq_q, d_v], weights [..., seq_q, seq_k])``, no mask."""
-    result = evaluate_function("attention", fn, lambda q, k, v: scaled_dot_product_attention(q, k, v),
-                               _attention_cases(), mistakes=ATTENTION_MISTAKES, output_names=("output", "weights"))
-    return report(with_exception_hints(result, _AXES_HINTS), strict=strict)
+    return check_function("attention", fn, lambda q, k, v: scaled_dot_product_attention(q, k, v),
+                          _attention_cases(), mistakes=ATTENTION_MISTAKES, output_names=("output", "weights"),
+                          exception_hints=_AXES_HINTS, strict=strict)
 
 
 # ----------------------------------------------------------------------------- masked attention
@@ -261,9 +261,9 @@ MASKED_MISTAKES = [
 
 def check_masked_attention(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(q, k, v, mask) -> (output, weights)``; mask is bool, True = allowed, broadcastable to the scores."""
-    result = evaluate_function("masked_attention", fn, lambda q, k, v, m: scaled_dot_product_attention(q, k, v, m),
-                               _masked_cases(), mistakes=MASKED_MISTAKES, output_names=("output", "weights"))
-    return report(with_exception_hints(result, _MASK_HINTS + _MASKED_AXES_HINTS), strict=strict)
+    return check_function("masked_attention", fn, lambda q, k, v, m: scaled_dot_product_attention(q, k, v, m),
+                          _masked_cases(), mistakes=MASKED_MISTAKES, output_names=("output", "weights"),
+                          exception_hints=_MASK_HINTS + _MASKED_AXES_HINTS, strict=strict)
 
 
 # ----------------------------------------------------------------------------- causal mask
@@ -348,10 +348,10 @@ MERGE_MISTAKES = [
 
 def check_merge_heads(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x [batch, heads, seq, d_head]) -> [batch, seq, heads * d_head]``."""
-    result = evaluate_function("merge_heads", fn, _merge_ref, _merge_cases(), mistakes=MERGE_MISTAKES, atol=0, rtol=0)
     hints = [("view size is not compatible", "after transpose the tensor is not contiguous: .contiguous().view(...) "
                                              "or .reshape(...)")]
-    return report(with_exception_hints(result, hints), strict=strict)
+    return check_function("merge_heads", fn, _merge_ref, _merge_cases(), mistakes=MERGE_MISTAKES, atol=0, rtol=0,
+                          exception_hints=hints, strict=strict)
 
 
 # ----------------------------------------------------------------------------- the whole forward
@@ -448,6 +448,5 @@ def check_multi_head_attention(fn, strict: bool | None = None) -> CheckResult:
     ``mask`` is None or bool (True = allowed) broadcastable to [batch, heads, seq_q, seq_k]
     (here [seq_q, seq_k] or [batch, 1, 1, seq_k]).
     """
-    result = evaluate_function("multi_head_attention", fn, _mha_reference, _mha_cases(), mistakes=MHA_MISTAKES,
-                               context=torch.no_grad)
-    return report(with_exception_hints(result, _AXES_HINTS), strict=strict)
+    return check_function("multi_head_attention", fn, _mha_reference, _mha_cases(), mistakes=MHA_MISTAKES,
+                          context=torch.no_grad, exception_hints=_AXES_HINTS, strict=strict)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import CheckResult, Mistake, evaluate_function, report, with_exception_hints
+from .core import CheckResult, Mistake, check_function
 
 
 def softmax_cases() -> list[tuple]:
@@ -90,6 +90,5 @@ SOFTMAX_EXCEPTION_HINTS = [
 
 def check_softmax(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x) -> softmax of x along the last dimension``, for any shape of ``x``."""
-    result = evaluate_function("softmax", fn, lambda x: torch.softmax(x, dim=-1), softmax_cases(),
-                               mistakes=SOFTMAX_MISTAKES, atol=1e-6)
-    return report(with_exception_hints(result, SOFTMAX_EXCEPTION_HINTS), strict=strict)
+    return check_function("softmax", fn, lambda x: torch.softmax(x, dim=-1), softmax_cases(),
+                          mistakes=SOFTMAX_MISTAKES, atol=1e-6, exception_hints=SOFTMAX_EXCEPTION_HINTS, strict=strict)

@@ -21,7 +21,7 @@ from einops import rearrange
 
 from course.positional import apply_rope, permutation_gap, relative_offset_matrix, sinusoidal_encoding
 
-from .core import CheckResult, Mistake, check_function, evaluate_function, report, with_exception_hints
+from .core import CheckResult, Mistake, check_function
 
 # ----------------------------------------------------------------------------------------------
 # Sinusoidal encodings: fn(num_positions, d_model) -> [num_positions, d_model]
@@ -197,9 +197,8 @@ ROPE_EXCEPTION_HINTS = [("must match the size", "the positions run along the sec
 
 def check_apply_rope(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x: [..., seq, d]) -> [..., seq, d]``: RoPE with positions 0..seq-1, base 10000, adjacent pairs."""
-    result = evaluate_function("apply_rope", fn, lambda x: apply_rope(x), _rope_cases(), mistakes=ROPE_MISTAKES,
-                               atol=1e-5, rtol=1e-4)
-    return report(with_exception_hints(result, ROPE_EXCEPTION_HINTS), strict=strict)
+    return check_function("apply_rope", fn, lambda x: apply_rope(x), _rope_cases(), mistakes=ROPE_MISTAKES,
+                          atol=1e-5, rtol=1e-4, exception_hints=ROPE_EXCEPTION_HINTS, strict=strict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,8 +257,7 @@ PERMUTATION_MISTAKES = [
 
 def check_permutation_gap(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(f, x: [batch, seq, d], perm: [seq]) -> 0-d tensor max |f(x[:, perm]) - f(x)[:, perm]|``."""
-    result = evaluate_function("permutation_gap", fn, permutation_gap, _perm_cases(), mistakes=PERMUTATION_MISTAKES,
-                               output_names=("gap",), atol=1e-5, rtol=1e-4)
     hints = [("out of bounds for dimension 0", "the positions are axis 1: permute them with x[:, perm] and f(x)[:, perm] "
                                                "(x[perm] reorders the batch)")]
-    return report(with_exception_hints(result, hints), strict=strict)
+    return check_function("permutation_gap", fn, permutation_gap, _perm_cases(), mistakes=PERMUTATION_MISTAKES,
+                          output_names=("gap",), atol=1e-5, rtol=1e-4, exception_hints=hints, strict=strict)

@@ -17,7 +17,7 @@ import torch
 
 from course.rnn import gradient_reach, rnn_forward, sequential_steps
 
-from .core import CheckResult, Mistake, check_values, evaluate_function, report, with_exception_hints
+from .core import CheckResult, Mistake, check_function, check_values, evaluate_function, report, with_exception_hints
 
 # ----------------------------------------------------------------------------------------------
 # rnn_step(x_t, h_prev, W_xh, W_hh, b) -> h_t
@@ -71,9 +71,9 @@ RNN_STEP_EXCEPTION_HINTS = [("cannot be multiplied", _RNN_SHAPES), ("must match 
 def check_rnn_step(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x_t, h_prev, W_xh, W_hh, b) -> h_t`` with ``x_t [batch, d_in]``, ``h_prev [batch, d_h]``,
     ``W_xh [d_in, d_h]``, ``W_hh [d_h, d_h]``, ``b [d_h]`` and ``h_t [batch, d_h]``."""
-    result = evaluate_function("RNN step", fn, _reference_rnn_step, _rnn_step_cases(),
-                               mistakes=RNN_STEP_MISTAKES, output_names=("h_t",), atol=1e-5, batch_first=True)
-    return report(with_exception_hints(result, RNN_STEP_EXCEPTION_HINTS), strict=strict)
+    return check_function("RNN step", fn, _reference_rnn_step, _rnn_step_cases(),
+                          mistakes=RNN_STEP_MISTAKES, output_names=("h_t",), atol=1e-5, batch_first=True,
+                          exception_hints=RNN_STEP_EXCEPTION_HINTS, strict=strict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,9 +254,8 @@ GRADIENT_REACH_MISTAKES = [
 
 def check_gradient_reach(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(model_fn, x [seq, d]) -> [seq]``: the norm of d(sum of the last output)/d x[t] for each t."""
-    result = evaluate_function("gradient reach", fn, gradient_reach, _reach_cases(),
-                               mistakes=GRADIENT_REACH_MISTAKES, atol=1e-8, rtol=1e-6)
     hints = [("does not require grad", "x needs requires_grad: work on x = x.detach().clone().requires_grad_(True) "
               "before calling the model"),
              ("only for scalar outputs", "a gradient needs one number to differentiate: take out[-1].sum()")]
-    return report(with_exception_hints(result, hints), strict=strict)
+    return check_function("gradient reach", fn, gradient_reach, _reach_cases(),
+                          mistakes=GRADIENT_REACH_MISTAKES, atol=1e-8, rtol=1e-6, exception_hints=hints, strict=strict)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from course.tokenizers import get_pair_counts, merge, one_hot_embedding
 
-from .core import CheckResult, Mistake, check_values, evaluate_function, report, with_exception_hints
+from .core import CheckResult, Mistake, check_function, check_values
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,6 +228,6 @@ EMBEDDING_EXCEPTION_HINTS = [
 
 def check_one_hot_embedding(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(ids: [...] int64, W: [vocab, d]) -> [..., d]``, the embedding of each id."""
-    result = evaluate_function("embedding lookup", fn, one_hot_embedding, _embedding_cases(),
-                               mistakes=EMBEDDING_MISTAKES, atol=1e-6)
-    return report(with_exception_hints(result, EMBEDDING_EXCEPTION_HINTS), strict=strict)
+    return check_function("embedding lookup", fn, one_hot_embedding, _embedding_cases(),
+                          mistakes=EMBEDDING_MISTAKES, atol=1e-6,
+                          exception_hints=EMBEDDING_EXCEPTION_HINTS, strict=strict)

@@ -15,7 +15,7 @@ from numbers import Integral
 import torch
 
 from ..utils import describe_exception
-from .core import FAILED, NOT_ATTEMPTED, PASSED, CheckResult, Mistake, check_function, report
+from .core import CheckResult, FAILED, Mistake, NOT_ATTEMPTED, PASSED, check_function, report
 
 
 def _stochastic(*shape: int, seed: int) -> torch.Tensor:
