@@ -1,17 +1,18 @@
 """Libraries of learner-style answers for the checkers, in one shape, and the figures they give.
 
-A checker test module (tests/checks/test_checks_*.py) that exposes
+Every checker test module (tests/checks/test_checks*.py) exposes, for each checker it tests,
 
-    WRONG_ANSWERS = [(checker, label, fn, words), ...]   # each must fail; its line must contain ``words``
-    RIGHT_ANSWERS = [(checker, label, fn), ...]          # each must pass
+    LIBRARY = {checker: (wrong answers, right answers), ...}
 
-takes part in the figures: ``checker(fn, strict=False)`` is called for each. ``words`` names the mistake or
-its structure (a hint, a structural hint, or the engine's words for a wrong type, shape or dtype); ``None``
-means the line is only expected to reject the answer, without naming what is wrong (it counts as
-rejected, not as named). The wrong answers are written the way a learner writes them, independently of
-the checker's own mistake library.
+of ``Wrong(name, fn, words)`` (each must fail, and its line must contain ``words``) and ``Right(name, fn)``
+(each must pass). The answers are written the way a learner writes them, independently of the checker's
+own mistake library; the right ones another way than the course's (einsum, loops, float64 inside, -1e9
+fills). ``words`` names the mistake or its structure (a hint, a structural hint, or the engine's words for
+a wrong type, shape or dtype); ``None`` marks an answer (a holdout, written after the checker was
+finished) whose line is only expected to reject it. The module's tests assert each verdict
+(``wrong_cases``, ``right_cases``); :func:`figures` counts them::
 
-    .venv/bin/python tests/checks/answer_library.py          # the figures over every module that has them
+    .venv/bin/python tests/checks/answer_library.py    # per module and in total, over every checker module
 """
 from __future__ import annotations
 
@@ -19,54 +20,104 @@ import contextlib
 import importlib
 import io
 import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from course.checks.core import CheckResult
 
 HERE = Path(__file__).resolve().parent
+KEYS = ("wrong", "rejected", "named", "right", "accepted")
 
 
-def run_answer(checker, fn):
+@dataclass(frozen=True)
+class Wrong:
+    """A wrong learner answer and the words its line must contain (None: it must only be rejected)."""
+
+    name: str
+    fn: Callable[..., Any]
+    words: str | None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Right:
+    """A correct learner answer, written another way."""
+
+    name: str
+    fn: Callable[..., Any]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+Library = Mapping[Callable[..., CheckResult], tuple[Sequence[Wrong], Sequence[Right]]]
+
+
+def wrong_cases(library: Library) -> list[tuple]:
+    """``(checker, wrong)`` pairs, for ``pytest.mark.parametrize`` (with ``ids=case_id``)."""
+    return [(checker, w) for checker, (wrongs, _) in library.items() for w in wrongs]
+
+
+def right_cases(library: Library) -> list[tuple]:
+    """``(checker, right)`` pairs, for ``pytest.mark.parametrize`` (with ``ids=case_id``)."""
+    return [(checker, r) for checker, (_, rights) in library.items() for r in rights]
+
+
+def case_id(value: Any) -> str:
+    return getattr(value, "name", None) or getattr(value, "__name__", "")
+
+
+def run_answer(checker: Callable[..., CheckResult], fn: Callable[..., Any]) -> CheckResult:
     """The checker's result for ``fn``, without printing and without raising."""
     with contextlib.redirect_stdout(io.StringIO()):
         return checker(fn, strict=False)
 
 
-def figures(modules) -> dict:
-    """Count, over the libraries of ``modules``: wrong answers, rejected, named, right answers, accepted.
-    Also lists the labels of the misses."""
-    out = {"wrong": 0, "rejected": 0, "named": 0, "right": 0, "accepted": 0,
-           "let_through": [], "unnamed": [], "refused": []}
-    for module in modules:
-        for checker, label, fn, words in getattr(module, "WRONG_ANSWERS", []):
-            result = run_answer(checker, fn)
+def names_the_mistake(result: CheckResult, words: str | None) -> bool:
+    """A rejection whose line holds the answer's ``words``, when those say more than the engine's bare
+    "values differ" and the line more than an unexplained exception."""
+    if result.passed or not words or words not in result.line:
+        return False
+    return "values differ" not in words and not result.detail.startswith("your function raised")
+
+
+def figures(library: Library, label: str = "") -> dict:
+    """Run every answer of ``library`` through its checker (lenient) and count: wrong answers, rejected,
+    named (see :func:`names_the_mistake`), right answers, accepted; with the misses listed by name."""
+    out: dict = dict.fromkeys(KEYS, 0) | {"let_through": [], "unnamed": [], "refused": []}
+    prefix = f"{label}:" if label else ""
+    for checker, (wrongs, rights) in library.items():
+        for w in wrongs:
+            result = run_answer(checker, w.fn)
             out["wrong"] += 1
             if result.passed:
-                out["let_through"].append(f"{module.__name__}:{label}")
+                out["let_through"].append(f"{prefix}{checker.__name__}:{w.name}")
                 continue
             out["rejected"] += 1
-            if words is not None and words in result.line:
+            if names_the_mistake(result, w.words):
                 out["named"] += 1
             else:
-                out["unnamed"].append(f"{module.__name__}:{label}: {result.line}")
-        for checker, label, fn in getattr(module, "RIGHT_ANSWERS", []):
+                out["unnamed"].append(f"{prefix}{checker.__name__}:{w.name}: {result.line}")
+        for r in rights:
             out["right"] += 1
-            result = run_answer(checker, fn)
+            result = run_answer(checker, r.fn)
             if result.passed:
                 out["accepted"] += 1
             else:
-                out["refused"].append(f"{module.__name__}:{label}: {result.line}")
+                out["refused"].append(f"{prefix}{checker.__name__}:{r.name}: {result.line}")
     return out
 
 
-def library_modules():
-    """Every tests/checks/test_checks*.py module that exposes WRONG_ANSWERS or RIGHT_ANSWERS."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    found = []
-    for path in sorted(HERE.glob("test_checks*.py")):
-        module = importlib.import_module(path.stem)
-        if hasattr(module, "WRONG_ANSWERS") or hasattr(module, "RIGHT_ANSWERS"):
-            found.append(module)
-    return found
+def library_modules() -> list:
+    """Every checker test module, tests/checks/test_checks*.py (each must expose LIBRARY)."""
+    for path in (str(HERE), str(HERE.parents[1])):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    return [importlib.import_module(path.stem) for path in sorted(HERE.glob("test_checks*.py"))]
 
 
 def summary(f: dict) -> str:
@@ -77,17 +128,24 @@ def summary(f: dict) -> str:
             f"right answers accepted {share(f['accepted'], f['right'])}")
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Print the figures of every checker test module and their total, then the misses."""
     import os
+    import warnings
 
     os.environ["COURSE_STRICT_CHECKS"] = "0"
+    warnings.filterwarnings("ignore", message="The use of `x.T`")  # some wrong answers use x.T on a batch on purpose
     total: dict = {}
     for module in library_modules():
-        counts = figures([module])
-        print(f"{module.__name__:<32}{summary(counts)}")
+        counts = figures(module.LIBRARY, module.__name__)
+        print(f"{module.__name__:<28}{summary(counts)}")
         for key, value in counts.items():
             total[key] = total.get(key, 0 if isinstance(value, int) else []) + value
-    print(f"{'all':<32}{summary(total)}")
+    print(f"{'all':<28}{summary(total)}")
     for key in ("let_through", "refused", "unnamed"):
         for item in total[key]:
             print(f"  {key}: {item}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,26 +1,30 @@
-"""The libraries of learner-style answers keep the one shape tests/checks/answer_library.py reads, so the
-figures over every checker (wrong answers rejected and named, right answers accepted) can be summed."""
+"""Every checker test module keeps the one shape tests/checks/answer_library.py reads, so the figures over
+every checker (wrong answers rejected and named, right answers accepted) can be summed."""
 from __future__ import annotations
 
 import pytest
 
-from answer_library import library_modules, summary
+from answer_library import Right, Wrong, library_modules, summary
 
 MODULES = library_modules()
 
 
+def test_every_checker_module_is_read():
+    names = {m.__name__ for m in MODULES}
+    assert "test_checks" in names and len(names) >= 11, names
+
+
 @pytest.mark.parametrize("module", MODULES, ids=[m.__name__ for m in MODULES])
-def test_a_library_has_the_shared_shape(module):
-    wrong, right = getattr(module, "WRONG_ANSWERS", []), getattr(module, "RIGHT_ANSWERS", [])
-    assert wrong and right, "a checker library needs wrong and right answers"
-    for entry in wrong:
-        checker, label, fn, words = entry
-        assert callable(checker) and callable(fn) and isinstance(label, str)
-        assert words is None or (isinstance(words, str) and words)
-    for checker, label, fn in right:
-        assert callable(checker) and callable(fn) and isinstance(label, str)
-    labels = [(c.__name__, label) for c, label, *_ in wrong] + [(c.__name__, label, "right") for c, label, _ in right]
-    assert len(labels) == len(set(labels)), "labels name one answer each"
+def test_a_checker_module_exposes_its_library_in_the_shared_shape(module):
+    library = getattr(module, "LIBRARY", None)
+    assert isinstance(library, dict) and library, "a checker test module exposes LIBRARY = {checker: (wrong, right)}"
+    for checker, (wrong, right) in library.items():
+        assert callable(checker)
+        assert wrong and right, f"{checker.__name__} needs wrong and right answers"
+        assert all(isinstance(w, Wrong) and callable(w.fn) and (w.words is None or w.words) for w in wrong)
+        assert all(isinstance(r, Right) and callable(r.fn) for r in right)
+        names = [w.name for w in wrong] + [f"right: {r.name}" for r in right]
+        assert len(names) == len(set(names)), f"{checker.__name__}: names name one answer each"
 
 
 def test_the_summary_line_reads_as_figures():

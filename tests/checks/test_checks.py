@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
 from checker_assertions import assert_fails_with
 from course.checks import ExerciseFailed, check_softmax, evaluate_function
 from course.checks.basics import SOFTMAX_MISTAKES, softmax_cases
@@ -146,57 +147,59 @@ def softmax_shift_in_the_numerator_only(x):
 
 # The last block of each library below was written after the checker was finished, as a holdout: its
 # answers got no mistake of their own, so ``None`` marks those whose line only says that the values differ.
-WRONG_ANSWERS = [
-    (check_softmax, "columns (dim=0)", lambda x: torch.softmax(x, dim=0), "wrong axis"),
-    (check_softmax, "dim=1 on a batch", softmax_dim_1, "dim=1 is the last axis only"),
-    (check_softmax, "max over dim=1", softmax_max_dim_1, "maximum along the wrong axis"),
-    (check_softmax, "rows of a matrix only", softmax_rows_of_a_matrix, "normalised over several axes"),
-    (check_softmax, "not normalised", lambda x: (x - x.max(-1, keepdim=True).values).exp(), "not normalised"),
-    (check_softmax, "whole-tensor sum", lambda x: (x - x.max()).exp() / (x - x.max()).exp().sum(), "whole tensor"),
-    (check_softmax, "log-softmax", lambda x: x - x.logsumexp(-1, keepdim=True), "log-softmax"),
-    (check_softmax, "no max shift", softmax_no_shift, "overflow on large inputs"),
-    (check_softmax, "shift by the overall max", softmax_global_max, "maximum of the whole tensor"),
-    (check_softmax, "shift by the mean", softmax_mean_shift, "shifted by the mean"),
-    (check_softmax, "shift by the min", softmax_min_shift, "shifted by the minimum"),
-    (check_softmax, "max without keepdim", softmax_max_without_keepdim, "x.max(dim=-1) without keepdim=True"),
-    (check_softmax, "sum without keepdim", softmax_sum_without_keepdim, ".sum(dim=-1) without keepdim=True"),
-    (check_softmax, "max returns a tuple", softmax_max_is_a_tuple, "take .values"),
-    (check_softmax, "clamped scores", softmax_clamped, "clamping the scores"),
-    (check_softmax, "float16", lambda x: torch.softmax(x.half(), dim=-1), "dtype torch.float16"),
-    (check_softmax, "a list", lambda x: torch.softmax(x, dim=-1).tolist(), "got a list"),
-    (check_softmax, "a NumPy array", softmax_numpy, "got a NumPy array"),
-    (check_softmax, "forgets return", softmax_forgets_return, "did you forget `return`"),
-    (check_softmax, "changes x in place", softmax_in_place, "changed its input in place"),
+WRONG_SOFTMAX = [
+    Wrong("columns (dim=0)", lambda x: torch.softmax(x, dim=0), "wrong axis"),
+    Wrong("dim=1 on a batch", softmax_dim_1, "dim=1 is the last axis only"),
+    Wrong("max over dim=1", softmax_max_dim_1, "maximum along the wrong axis"),
+    Wrong("rows of a matrix only", softmax_rows_of_a_matrix, "normalised over several axes"),
+    Wrong("not normalised", lambda x: (x - x.max(-1, keepdim=True).values).exp(), "not normalised"),
+    Wrong("whole-tensor sum", lambda x: (x - x.max()).exp() / (x - x.max()).exp().sum(), "whole tensor"),
+    Wrong("log-softmax", lambda x: x - x.logsumexp(-1, keepdim=True), "log-softmax"),
+    Wrong("no max shift", softmax_no_shift, "overflow on large inputs"),
+    Wrong("shift by the overall max", softmax_global_max, "maximum of the whole tensor"),
+    Wrong("shift by the mean", softmax_mean_shift, "shifted by the mean"),
+    Wrong("shift by the min", softmax_min_shift, "shifted by the minimum"),
+    Wrong("max without keepdim", softmax_max_without_keepdim, "x.max(dim=-1) without keepdim=True"),
+    Wrong("sum without keepdim", softmax_sum_without_keepdim, ".sum(dim=-1) without keepdim=True"),
+    Wrong("max returns a tuple", softmax_max_is_a_tuple, "take .values"),
+    Wrong("clamped scores", softmax_clamped, "clamping the scores"),
+    Wrong("float16", lambda x: torch.softmax(x.half(), dim=-1), "dtype torch.float16"),
+    Wrong("a list", lambda x: torch.softmax(x, dim=-1).tolist(), "got a list"),
+    Wrong("a NumPy array", softmax_numpy, "got a NumPy array"),
+    Wrong("forgets return", softmax_forgets_return, "did you forget `return`"),
+    Wrong("changes x in place", softmax_in_place, "changed its input in place"),
     # holdout
-    (check_softmax, "sums down the columns", softmax_sum_down_columns, "wrong axis"),
-    (check_softmax, "dim=ndim-2", lambda x: x.softmax(dim=x.dim() - 2), "wrong axis"),
-    (check_softmax, "sigmoid", torch.sigmoid, "should be weights summing to 1 along the last axis"),
-    (check_softmax, "shift in the numerator only", softmax_shift_in_the_numerator_only, "its rows do not sum to 1"),
-    (check_softmax, "no exp", lambda x: x / x.sum(-1, keepdim=True), None),
-    (check_softmax, "flattened to rows", lambda x: torch.softmax(x.reshape(-1, x.shape[-1]), 1),
+    Wrong("sums down the columns", softmax_sum_down_columns, "wrong axis"),
+    Wrong("dim=ndim-2", lambda x: x.softmax(dim=x.dim() - 2), "wrong axis"),
+    Wrong("sigmoid", torch.sigmoid, "should be weights summing to 1 along the last axis"),
+    Wrong("shift in the numerator only", softmax_shift_in_the_numerator_only, "its rows do not sum to 1"),
+    Wrong("no exp", lambda x: x / x.sum(-1, keepdim=True), None),
+    Wrong("flattened to rows", lambda x: torch.softmax(x.reshape(-1, x.shape[-1]), 1),
      "has shape (6, 6), expected (2, 3, 6)"),
 ]
 
-RIGHT_ANSWERS = [
-    (check_softmax, "max shift", correct_softmax),
-    (check_softmax, "torch.softmax", lambda x: torch.softmax(x, dim=-1)),
-    (check_softmax, "F.softmax, method form", lambda x: F.softmax(x, -1)),
-    (check_softmax, "float64 inside", softmax_float64_inside),
-    (check_softmax, "returns float64", softmax_returns_float64),
-    (check_softmax, "loops over rows with math.exp", softmax_loops),
-    (check_softmax, "logsumexp", softmax_logsumexp),
-    (check_softmax, "exp of log_softmax", lambda x: torch.log_softmax(x, -1).exp()),  # holdout
+RIGHT_SOFTMAX = [
+    Right("max shift", correct_softmax),
+    Right("torch.softmax", lambda x: torch.softmax(x, dim=-1)),
+    Right("F.softmax, method form", lambda x: F.softmax(x, -1)),
+    Right("float64 inside", softmax_float64_inside),
+    Right("returns float64", softmax_returns_float64),
+    Right("loops over rows with math.exp", softmax_loops),
+    Right("logsumexp", softmax_logsumexp),
+    Right("exp of log_softmax", lambda x: torch.log_softmax(x, -1).exp()),  # holdout
 ]
 
-
-@pytest.mark.parametrize("checker,label,fn,words", WRONG_ANSWERS, ids=[w[1] for w in WRONG_ANSWERS])
-def test_each_wrong_softmax_fails_with_its_hint(checker, label, fn, words):
-    assert_fails_with(checker(fn, strict=False), words or "")
+LIBRARY = {check_softmax: (WRONG_SOFTMAX, RIGHT_SOFTMAX)}
 
 
-@pytest.mark.parametrize("checker,label,fn", RIGHT_ANSWERS, ids=[r[1] for r in RIGHT_ANSWERS])
-def test_each_right_softmax_passes(checker, label, fn):
-    result = checker(fn, strict=False)
+@pytest.mark.parametrize("checker, wrong", wrong_cases(LIBRARY), ids=case_id)
+def test_each_wrong_softmax_fails_with_its_hint(checker, wrong):
+    assert_fails_with(checker(wrong.fn, strict=False), wrong.words or "")
+
+
+@pytest.mark.parametrize("checker, right", right_cases(LIBRARY), ids=case_id)
+def test_each_right_softmax_passes(checker, right):
+    result = checker(right.fn, strict=False)
     assert result.passed, result.line
     assert "\n" not in result.line and result.line.startswith("✓ softmax")
 

@@ -4,8 +4,8 @@ Two libraries of wrong implementations:
 1. every Mistake registered in course.checks.attention, run through its own checker, must get its own
    hint (this proves the test cases tell the mistakes apart);
 2. hand-written answers in the style a learner writes them (F.softmax, -1e9 instead of -inf, einsum,
-   softmax by hand, float masks, ...): WRONG_ANSWERS each with the words its line must contain,
-   RIGHT_ANSWERS each accepted (the shape answer_library.py reads).
+   softmax by hand, float masks, ...): in LIBRARY (the shape answer_library.py reads), each wrong answer
+   with the words its line must contain, each right answer accepted.
 Plus: wrong shapes and exceptions give one line, not attempting gives "not attempted".
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
 from course.attention import MultiHeadAttention, merge_heads, scaled_dot_product_attention, split_heads
 from course.checks import ExerciseFailed
 from course.checks import attention as ca
@@ -149,53 +150,61 @@ def mha_by_hand(mha, query, key, value, mask=None):
     return mha.out_proj(merge_ok(out))
 
 
-RIGHT_ANSWERS = [
-    (ca.check_attention_scores, "matmul", scores_ok),
-    (ca.check_attention_scores, "einsum", scores_einsum),
-    (ca.check_attention_scores, "float64 inside", scores_float64),
-    (ca.check_attention, "F.softmax", attention_ok),
-    (ca.check_attention, "softmax by hand with the shift", attention_by_hand),
-    (ca.check_attention, "float64 inside", attention_float64),
-    (ca.check_masked_attention, "-inf", masked_ok),
-    (ca.check_masked_attention, "-1e9", masked_1e9),
-    (ca.check_masked_attention, "torch.where", masked_where),
-    (ca.check_masked_attention, "an additive -1e9 mask", masked_additive),
-    (ca.check_masked_attention, "softmax by hand with the shift", masked_by_hand),
-    (ca.check_causal_mask, "tril", causal_ok),
-    (ca.check_causal_mask, "arange comparison", lambda n: torch.arange(n)[:, None] >= torch.arange(n)),
-    (ca.check_causal_mask, "not triu", lambda n: ~torch.ones(n, n, dtype=torch.bool).triu(1)),
-    (ca.check_split_heads, "view and transpose", split_ok),
-    (ca.check_split_heads, "the course's", split_heads),
-    (ca.check_split_heads, "einops", split_einops),
-    (ca.check_split_heads, "chunks stacked", split_chunks),
-    (ca.check_merge_heads, "transpose, contiguous, view", merge_ok),
-    (ca.check_merge_heads, "the course's", merge_heads),
-    (ca.check_merge_heads, "einops", merge_einops),
-    (ca.check_merge_heads, "unbind and cat", lambda x: torch.cat(x.unbind(1), dim=-1)),
-    (ca.check_multi_head_attention, "by parts", mha_ok),
-    (ca.check_multi_head_attention, "the course's sdpa", mha_course),
-    (ca.check_multi_head_attention, "F.scaled_dot_product_attention", mha_torch_sdpa),
-    (ca.check_multi_head_attention, "softmax by hand with the shift", mha_by_hand),
+RIGHT_ATTENTION_SCORES = [
+    Right("matmul", scores_ok),
+    Right("einsum", scores_einsum),
+    Right("float64 inside", scores_float64),
+]
+RIGHT_ATTENTION = [
+    Right("F.softmax", attention_ok),
+    Right("softmax by hand with the shift", attention_by_hand),
+    Right("float64 inside", attention_float64),
+]
+RIGHT_MASKED_ATTENTION = [
+    Right("-inf", masked_ok),
+    Right("-1e9", masked_1e9),
+    Right("torch.where", masked_where),
+    Right("an additive -1e9 mask", masked_additive),
+    Right("softmax by hand with the shift", masked_by_hand),
     # holdout
-    (ca.check_causal_mask, "strict tril or the diagonal",
+    Right("-1e4 fill", lambda q, k, v, m: attention_from(scores_ok(q, k).masked_fill(~m, -1e4), v)),
+]
+RIGHT_CAUSAL_MASK = [
+    Right("tril", causal_ok),
+    Right("arange comparison", lambda n: torch.arange(n)[:, None] >= torch.arange(n)),
+    Right("not triu", lambda n: ~torch.ones(n, n, dtype=torch.bool).triu(1)),
+    # holdout
+    Right("strict tril or the diagonal",
      lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1) | torch.eye(n, dtype=torch.bool)),
-    (ca.check_split_heads, "unflatten", lambda x, h: x.unflatten(-1, (h, -1)).transpose(1, 2)),
-    (ca.check_merge_heads, "reshape, then contiguous",
+]
+RIGHT_SPLIT_HEADS = [
+    Right("view and transpose", split_ok),
+    Right("the course's", split_heads),
+    Right("einops", split_einops),
+    Right("chunks stacked", split_chunks),
+    # holdout
+    Right("unflatten", lambda x, h: x.unflatten(-1, (h, -1)).transpose(1, 2)),
+]
+RIGHT_MERGE_HEADS = [
+    Right("transpose, contiguous, view", merge_ok),
+    Right("the course's", merge_heads),
+    Right("einops", merge_einops),
+    Right("unbind and cat", lambda x: torch.cat(x.unbind(1), dim=-1)),
+    # holdout
+    Right("reshape, then contiguous",
      lambda x: x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1).contiguous()),
-    (ca.check_masked_attention, "-1e4 fill", lambda q, k, v, m: attention_from(scores_ok(q, k).masked_fill(~m, -1e4), v)),
+]
+RIGHT_MULTI_HEAD_ATTENTION = [
+    Right("by parts", mha_ok),
+    Right("the course's sdpa", mha_course),
+    Right("F.scaled_dot_product_attention", mha_torch_sdpa),
+    Right("softmax by hand with the shift", mha_by_hand),
 ]
 
 
 def attention_from(scores, v):
     w = scores.softmax(-1)
     return w @ v, w
-
-
-@pytest.mark.parametrize("checker,label,fn", RIGHT_ANSWERS, ids=[f"{c.__name__}:{label}" for c, label, _ in RIGHT_ANSWERS])
-def test_each_right_answer_passes(checker, label, fn):
-    result = checker(fn)
-    assert result.passed, result.line
-    assert one_line(result).startswith("✓")
 
 
 # ----------------------------------------------------------------------------- 1. every registered mistake
@@ -464,85 +473,123 @@ def mha_no_heads(mha, query, key, value, mask=None):
     return mha.out_proj(s.softmax(-1) @ v)
 
 
-WRONG_ANSWERS = [
-    (ca.check_attention_scores, "no scale", scores_no_scale, "missing scale"),
-    (ca.check_attention_scores, "over d_k", scores_over_dk, "wrong scale: divided by d_k"),
-    (ca.check_attention_scores, "k q^T", scores_kq, "transposed"),
-    (ca.check_attention_scores, "times sqrt(d_k)", lambda q, k: q @ k.mT * math.sqrt(q.shape[-1]), "scale upside down"),
-    (ca.check_attention_scores, "sqrt of the key count", lambda q, k: q @ k.mT / math.sqrt(k.size(-2)),
+# The "# holdout" answers were written after the checkers were finished; None where the line only says the
+# values differ.
+WRONG_ATTENTION_SCORES = [
+    Wrong("no scale", scores_no_scale, "missing scale"),
+    Wrong("over d_k", scores_over_dk, "wrong scale: divided by d_k"),
+    Wrong("k q^T", scores_kq, "transposed"),
+    Wrong("times sqrt(d_k)", lambda q, k: q @ k.mT * math.sqrt(q.shape[-1]), "scale upside down"),
+    Wrong("sqrt of the key count", lambda q, k: q @ k.mT / math.sqrt(k.size(-2)),
      "scaled by the wrong size"),
-    (ca.check_attention_scores, "softmax too early", lambda q, k: F.softmax(scores_ok(q, k), -1), "softmax applied too early"),
-    (ca.check_attention_scores, "k.T on a batch", lambda q, k: q @ k.T / math.sqrt(q.shape[-1]),
+    Wrong("softmax too early", lambda q, k: F.softmax(scores_ok(q, k), -1), "softmax applied too early"),
+    Wrong("k.T on a batch", lambda q, k: q @ k.T / math.sqrt(q.shape[-1]),
      "transpose only the last two axes"),
-    (ca.check_attention_scores, "transpose(1, 2)", lambda q, k: q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]),
+    Wrong("transpose(1, 2)", lambda q, k: q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]),
      "transpose only the last two axes"),
-    (ca.check_attention_scores, "summed", lambda q, k: scores_ok(q, k).sum(-1), "scores has shape (6,), expected (6, 6)"),
-    (ca.check_attention, "no scale", attention_no_scale, "missing scale"),
-    (ca.check_attention, "over d_k", attention_over_dk, "wrong scale: divided by d_k"),
-    (ca.check_attention, "wrong axis", attention_wrong_axis, "softmax over the wrong axis"),
-    (ca.check_attention, "wrong axis, positive index", attention_wrong_axis_positive_index, "softmax over the wrong axis"),
-    (ca.check_attention, "whole matrix", attention_whole_matrix, "softmax over the whole score matrix"),
-    (ca.check_attention, "by hand, no shift", attention_by_hand_no_shift, "exp overflows for scores above about 88"),
-    (ca.check_attention, "shift by the overall max", attention_shift_by_the_overall_max, "maximum of the whole tensor"),
-    (ca.check_attention, "only the output", lambda q, k, v: attention_ok(q, k, v)[0], "expected 2 values (output, weights)"),
-    (ca.check_attention, "weights first", lambda q, k, v: attention_ok(q, k, v)[::-1],
-     "the two values are in the wrong order: return (output, weights)"),
-    (ca.check_masked_attention, "inverted", masked_inverted, "mask inverted"),
-    (ca.check_masked_attention, "after softmax", masked_after_softmax, "mask applied after softmax"),
-    (ca.check_masked_attention, "scores set to zero", masked_with_zero, "masked scores set to 0"),
-    (ca.check_masked_attention, "no scale", masked_no_scale, "missing scale"),
-    (ca.check_masked_attention, "masked_fill result dropped", masked_fill_not_kept, "the mask is ignored"),
-    (ca.check_masked_attention, "mask times -inf", masked_times_minus_inf, "0 * -inf is NaN"),
-    (ca.check_masked_attention, "1 - mask", masked_one_minus, "invert it with ~mask"),
-    (ca.check_masked_attention, "by hand, no shift", masked_by_hand_no_shift, "exp overflows for scores above about 88"),
-    (ca.check_masked_attention, "max before masking", masked_max_before_mask, "row maximum was taken before masking"),
-    (ca.check_masked_attention, "zeroed after softmax, renormalised", masked_renormalised,
-     "a blocked key with a huge score"),
-    (ca.check_causal_mask, "triu", causal_triu, "mask inverted"),
-    (ca.check_causal_mask, "strictly below", causal_no_diagonal, "diagonal is missing"),
-    (ca.check_causal_mask, "one step ahead", lambda n: torch.ones(n, n, dtype=torch.bool).tril(1), "one step into the future"),
-    (ca.check_causal_mask, "upper triangle", lambda n: torch.ones(n, n, dtype=torch.bool).triu(), "upper triangle"),
-    (ca.check_causal_mask, "floats", lambda n: torch.ones(n, n).tril(), "dtype torch.float32, expected torch.bool"),
-    (ca.check_causal_mask, "ints", lambda n: torch.ones(n, n, dtype=torch.long).tril(), "dtype torch.int64"),
-    (ca.check_split_heads, "reshape, no transpose", split_reshape_no_transpose, "reshape without transpose"),
-    (ca.check_split_heads, "view, no transpose", split_view_no_transpose, "reshape without transpose"),
-    (ca.check_split_heads, "(d_head, heads)", split_heads_last, "features split in the wrong order"),
-    (ca.check_split_heads, "transposed first", split_transpose_first, "transposed before splitting"),
-    (ca.check_merge_heads, "reshape, no transpose", merge_reshape_no_transpose, "reshape without transpose"),
-    (ca.check_merge_heads, "view on a transposed tensor", merge_view, "not contiguous"),
-    (ca.check_merge_heads, "heads innermost", merge_heads_inner, "features merged in the wrong order"),
-    (ca.check_multi_head_attention, "split without transpose", mha_reshape_no_transpose, "reshape without transpose"),
-    (ca.check_multi_head_attention, "merge without transpose", mha_merge_no_transpose, "merged by reshape without transpose"),
-    (ca.check_multi_head_attention, "scale by d_model", mha_scale_d_model, "scaled by sqrt(d_model)"),
-    (ca.check_multi_head_attention, "no out_proj", mha_no_out_proj, "output projection is missing"),
-    (ca.check_multi_head_attention, "self-attention only", mha_self_only, "projected from the query"),
-    (ca.check_multi_head_attention, "inverted mask", mha_inverted_mask, "mask inverted"),
-    (ca.check_multi_head_attention, "mask ignored", mha_ignores_mask, "the mask is ignored"),
-    (ca.check_multi_head_attention, "by hand, no shift", mha_by_hand_no_shift, "exp overflows for scores above about 88"),
-    # holdout: written after the checkers were finished; None where the line only says the values differ
-    (ca.check_attention_scores, "q and k each over sqrt(d_k)",
+    Wrong("summed", lambda q, k: scores_ok(q, k).sum(-1), "scores has shape (6,), expected (6, 6)"),
+    # holdout
+    Wrong("q and k each over sqrt(d_k)",
      lambda q, k: (q / math.sqrt(q.shape[-1])) @ (k / math.sqrt(q.shape[-1])).mT, "divided by d_k"),
-    (ca.check_attention, "scaled after the softmax", attention_scaled_after, None),
-    (ca.check_attention, "the scores as weights", attention_scores_as_weights, "weights should be weights, non-negative"),
-    (ca.check_masked_attention, "mask transposed", masked_transposed_mask, "the mask must broadcast against them"),
-    (ca.check_masked_attention, "fill -100", masked_fill_minus_100, "a finite fill such as -100"),
-    (ca.check_causal_mask, "rows flipped", lambda n: torch.ones(n, n, dtype=torch.bool).tril().flip(0),
+]
+WRONG_ATTENTION = [
+    Wrong("no scale", attention_no_scale, "missing scale"),
+    Wrong("over d_k", attention_over_dk, "wrong scale: divided by d_k"),
+    Wrong("wrong axis", attention_wrong_axis, "softmax over the wrong axis"),
+    Wrong("wrong axis, positive index", attention_wrong_axis_positive_index, "softmax over the wrong axis"),
+    Wrong("whole matrix", attention_whole_matrix, "softmax over the whole score matrix"),
+    Wrong("by hand, no shift", attention_by_hand_no_shift, "exp overflows for scores above about 88"),
+    Wrong("shift by the overall max", attention_shift_by_the_overall_max, "maximum of the whole tensor"),
+    Wrong("only the output", lambda q, k, v: attention_ok(q, k, v)[0], "expected 2 values (output, weights)"),
+    Wrong("weights first", lambda q, k, v: attention_ok(q, k, v)[::-1],
+     "the two values are in the wrong order: return (output, weights)"),
+    # holdout
+    Wrong("scaled after the softmax", attention_scaled_after, None),
+    Wrong("the scores as weights", attention_scores_as_weights, "weights should be weights, non-negative"),
+]
+WRONG_MASKED_ATTENTION = [
+    Wrong("inverted", masked_inverted, "mask inverted"),
+    Wrong("after softmax", masked_after_softmax, "mask applied after softmax"),
+    Wrong("scores set to zero", masked_with_zero, "masked scores set to 0"),
+    Wrong("no scale", masked_no_scale, "missing scale"),
+    Wrong("masked_fill result dropped", masked_fill_not_kept, "the mask is ignored"),
+    Wrong("mask times -inf", masked_times_minus_inf, "0 * -inf is NaN"),
+    Wrong("1 - mask", masked_one_minus, "invert it with ~mask"),
+    Wrong("by hand, no shift", masked_by_hand_no_shift, "exp overflows for scores above about 88"),
+    Wrong("max before masking", masked_max_before_mask, "row maximum was taken before masking"),
+    Wrong("zeroed after softmax, renormalised", masked_renormalised,
+     "a blocked key with a huge score"),
+    # holdout
+    Wrong("mask transposed", masked_transposed_mask, "the mask must broadcast against them"),
+    Wrong("fill -100", masked_fill_minus_100, "a finite fill such as -100"),
+]
+WRONG_CAUSAL_MASK = [
+    Wrong("triu", causal_triu, "mask inverted"),
+    Wrong("strictly below", causal_no_diagonal, "diagonal is missing"),
+    Wrong("one step ahead", lambda n: torch.ones(n, n, dtype=torch.bool).tril(1), "one step into the future"),
+    Wrong("upper triangle", lambda n: torch.ones(n, n, dtype=torch.bool).triu(), "upper triangle"),
+    Wrong("floats", lambda n: torch.ones(n, n).tril(), "dtype torch.float32, expected torch.bool"),
+    Wrong("ints", lambda n: torch.ones(n, n, dtype=torch.long).tril(), "dtype torch.int64"),
+    # holdout
+    Wrong("rows flipped", lambda n: torch.ones(n, n, dtype=torch.bool).tril().flip(0),
      "reversed along axis 0"),
-    (ca.check_split_heads, "permute (0, 2, 3, 1)", split_permute_0231, "the last two axes are swapped"),
-    (ca.check_merge_heads, "transpose(2, 3)", merge_transpose_23, "right numbers in the wrong places"),
-    (ca.check_multi_head_attention, "v_proj for the keys", mha_v_proj_for_keys, None),
-    (ca.check_multi_head_attention, "no heads", mha_no_heads, None),
+]
+WRONG_SPLIT_HEADS = [
+    Wrong("reshape, no transpose", split_reshape_no_transpose, "reshape without transpose"),
+    Wrong("view, no transpose", split_view_no_transpose, "reshape without transpose"),
+    Wrong("(d_head, heads)", split_heads_last, "features split in the wrong order"),
+    Wrong("transposed first", split_transpose_first, "transposed before splitting"),
+    # holdout
+    Wrong("permute (0, 2, 3, 1)", split_permute_0231, "the last two axes are swapped"),
+]
+WRONG_MERGE_HEADS = [
+    Wrong("reshape, no transpose", merge_reshape_no_transpose, "reshape without transpose"),
+    Wrong("view on a transposed tensor", merge_view, "not contiguous"),
+    Wrong("heads innermost", merge_heads_inner, "features merged in the wrong order"),
+    # holdout
+    Wrong("transpose(2, 3)", merge_transpose_23, "right numbers in the wrong places"),
+]
+WRONG_MULTI_HEAD_ATTENTION = [
+    Wrong("split without transpose", mha_reshape_no_transpose, "reshape without transpose"),
+    Wrong("merge without transpose", mha_merge_no_transpose, "merged by reshape without transpose"),
+    Wrong("scale by d_model", mha_scale_d_model, "scaled by sqrt(d_model)"),
+    Wrong("no out_proj", mha_no_out_proj, "output projection is missing"),
+    Wrong("self-attention only", mha_self_only, "projected from the query"),
+    Wrong("inverted mask", mha_inverted_mask, "mask inverted"),
+    Wrong("mask ignored", mha_ignores_mask, "the mask is ignored"),
+    Wrong("by hand, no shift", mha_by_hand_no_shift, "exp overflows for scores above about 88"),
+    # holdout
+    Wrong("v_proj for the keys", mha_v_proj_for_keys, None),
+    Wrong("no heads", mha_no_heads, None),
 ]
 
 
-@pytest.mark.parametrize("checker,label,fn,hint", WRONG_ANSWERS, ids=[f"{c.__name__}:{label}" for c, label, _, _ in WRONG_ANSWERS])
-def test_learner_style_mistake_gets_the_expected_hint(checker, label, fn, hint):
-    result = checker(fn)
+LIBRARY = {
+    ca.check_attention_scores: (WRONG_ATTENTION_SCORES, RIGHT_ATTENTION_SCORES),
+    ca.check_attention: (WRONG_ATTENTION, RIGHT_ATTENTION),
+    ca.check_masked_attention: (WRONG_MASKED_ATTENTION, RIGHT_MASKED_ATTENTION),
+    ca.check_causal_mask: (WRONG_CAUSAL_MASK, RIGHT_CAUSAL_MASK),
+    ca.check_split_heads: (WRONG_SPLIT_HEADS, RIGHT_SPLIT_HEADS),
+    ca.check_merge_heads: (WRONG_MERGE_HEADS, RIGHT_MERGE_HEADS),
+    ca.check_multi_head_attention: (WRONG_MULTI_HEAD_ATTENTION, RIGHT_MULTI_HEAD_ATTENTION),
+}
+
+
+@pytest.mark.parametrize("checker, wrong", wrong_cases(LIBRARY), ids=case_id)
+def test_learner_style_mistake_gets_the_expected_hint(checker, wrong):
+    result = checker(wrong.fn)
     assert not result.passed
-    assert (hint or "") in one_line(result), result.line
+    assert (wrong.words or "") in one_line(result), result.line
     # a largest error means something for floating outputs only (not for a boolean mask)
     if "Largest error" in result.line:
         assert checker is not ca.check_causal_mask
+
+
+@pytest.mark.parametrize("checker, right", right_cases(LIBRARY), ids=case_id)
+def test_each_right_answer_passes(checker, right):
+    result = checker(right.fn)
+    assert result.passed, result.line
+    assert one_line(result).startswith("✓")
 
 
 # ----------------------------------------------------------------------------- boundaries

@@ -10,7 +10,7 @@ from checker_assertions import assert_fails_with
 from course.checks import efficient as ce
 from course.checks.core import Mistake
 from course.efficient import kv_append, online_softmax_update, sliding_window_mask
-from learner_library import Right, Wrong, case_id, right_cases, wrong_cases
+from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
 
 
 pytestmark = pytest.mark.usefixtures("lenient_checks")

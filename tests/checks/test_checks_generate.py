@@ -23,7 +23,7 @@ from course.checks.generate import (
     check_top_p_filter,
 )
 from course.generate import apply_temperature, top_k_filter, top_p_filter
-from learner_library import Right, Wrong, case_id, right_cases, wrong_cases
+from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
 
 CHECKERS = {
     "causal": (check_causal_self_attention, CAUSAL_ATTENTION_MISTAKES),

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import course.checks.layers as layer_checks
 from checker_assertions import assert_fails_with
-from learner_library import Right, Wrong, case_id, right_cases, wrong_cases
+from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
 from course.checks.core import NOT_ATTEMPTED, PASSED
 from course.checks.layers import (
     check_feed_forward,

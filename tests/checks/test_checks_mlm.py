@@ -16,7 +16,7 @@ import torch
 
 from checker_assertions import assert_fails_with
 from course.checks import mlm as cm
-from learner_library import Right, Wrong, case_id, right_cases, wrong_cases
+from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
 from course.checks.core import NOT_ATTEMPTED, PASSED
 from course.mlm import apply_masking_rule, bidirectional_mask, mean_pool
 

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
 from checker_assertions import assert_fails_with
 from course.checks.core import NOT_ATTEMPTED, PASSED
 from course.checks.positional import (
@@ -80,24 +81,24 @@ def pe_cos_as_shifted_sin(num_positions, d_model):
     return torch.stack([angles.sin(), (angles + math.pi / 2).sin()], -1).flatten(1).float()
 
 
-WRONG_SINUSOIDAL = {
-    "sin/cos swapped": (lambda n, d: pe_loops(n, d, swap=True), "sin and cos are swapped"),
-    "frequencies inverted": (lambda n, d: pe_loops(n, d, invert=True), "frequencies inverted"),
-    "exponent i/d": (lambda n, d: pe_loops(n, d, exponent="i"), "you used i/d_model"),
-    "odd column own exponent": (lambda n, d: pe_loops(n, d, exponent="col"), "(2i+1)/d_model"),
-    "exponent not divided by d": (lambda n, d: pe_loops(n, d, exponent="no-d"), "division by d_model"),
-    "halves": (lambda n, d: pe_loops(n, d, halves=True), "two halves"),
-    "only sin": (lambda n, d: pe_loops(n, d, only_sin=True), "only sines"),
-    "positions from 1": (lambda n, d: pe_loops(n, d, start=1), "positions start at 1"),
-    "integer division": (lambda n, d: pe_loops(n, d, exponent="int"), "integer division in the exponent"),
-    "2i doubled": (pe_arange_doubled, "don't double them"),
-    "transposed": (lambda n, d: correct_sinusoidal(n, d).T, "has shape (4, 5), expected (5, 4)"),
-    "a NumPy array": (lambda n, d: correct_sinusoidal(n, d).numpy(), "got a NumPy array"),
+WRONG_SINUSOIDAL = [
+    Wrong("sin/cos swapped", lambda n, d: pe_loops(n, d, swap=True), "sin and cos are swapped"),
+    Wrong("frequencies inverted", lambda n, d: pe_loops(n, d, invert=True), "frequencies inverted"),
+    Wrong("exponent i/d", lambda n, d: pe_loops(n, d, exponent="i"), "you used i/d_model"),
+    Wrong("odd column own exponent", lambda n, d: pe_loops(n, d, exponent="col"), "(2i+1)/d_model"),
+    Wrong("exponent not divided by d", lambda n, d: pe_loops(n, d, exponent="no-d"), "division by d_model"),
+    Wrong("halves", lambda n, d: pe_loops(n, d, halves=True), "two halves"),
+    Wrong("only sin", lambda n, d: pe_loops(n, d, only_sin=True), "only sines"),
+    Wrong("positions from 1", lambda n, d: pe_loops(n, d, start=1), "positions start at 1"),
+    Wrong("integer division", lambda n, d: pe_loops(n, d, exponent="int"), "integer division in the exponent"),
+    Wrong("2i doubled", pe_arange_doubled, "don't double them"),
+    Wrong("transposed", lambda n, d: correct_sinusoidal(n, d).T, "has shape (4, 5), expected (5, 4)"),
+    Wrong("a NumPy array", lambda n, d: correct_sinusoidal(n, d).numpy(), "got a NumPy array"),
     # holdout: written after the checker was finished; None where the line only says the values differ
-    "base 1000": (lambda n, d: pe_base(n, d, 1000.0), None),
-}
-RIGHT_SINUSOIDAL = {"exp and log": correct_sinusoidal, "loops with math.sin": pe_loops, "float64": pe_float64,
-                    "cos as a shifted sin": pe_cos_as_shifted_sin}  # the last: holdout
+    Wrong("base 1000", lambda n, d: pe_base(n, d, 1000.0), None),
+]
+RIGHT_SINUSOIDAL = [Right("exp and log", correct_sinusoidal), Right("loops with math.sin", pe_loops), Right("float64", pe_float64),
+                    Right("cos as a shifted sin", pe_cos_as_shifted_sin)]  # the last: holdout
 
 
 def test_sinusoidal_raising_gives_one_line():
@@ -124,15 +125,15 @@ def offset_loops(k, d_model, *, transpose=False, invert=False, forget_k=False, s
     return m
 
 
-WRONG_OFFSET = {
-    "wrong direction": (lambda k, d: offset_loops(k, d, transpose=True), "wrong way"),
-    "frequencies inverted": (lambda k, d: offset_loops(k, d, invert=True), "frequencies inverted"),
-    "forgot k": (lambda k, d: offset_loops(k, d, forget_k=True), "misses the offset"),
-    "sin and cos swapped": (lambda k, d: offset_loops(k, d, swap=True), "sin and cos swapped inside each block"),
-    "no minus sign": (lambda k, d: offset_loops(k, d, same_sign=True), "both corners of a block have the same sign"),
-    "a column short": (lambda k, d: offset_loops(k, d)[:, :-1], "has shape (4, 3)"),
-    "k + 1": (lambda k, d: offset_loops(k + 1, d), None),  # holdout
-}
+WRONG_OFFSET = [
+    Wrong("wrong direction", lambda k, d: offset_loops(k, d, transpose=True), "wrong way"),
+    Wrong("frequencies inverted", lambda k, d: offset_loops(k, d, invert=True), "frequencies inverted"),
+    Wrong("forgot k", lambda k, d: offset_loops(k, d, forget_k=True), "misses the offset"),
+    Wrong("sin and cos swapped", lambda k, d: offset_loops(k, d, swap=True), "sin and cos swapped inside each block"),
+    Wrong("no minus sign", lambda k, d: offset_loops(k, d, same_sign=True), "both corners of a block have the same sign"),
+    Wrong("a column short", lambda k, d: offset_loops(k, d)[:, :-1], "has shape (4, 3)"),
+    Wrong("k + 1", lambda k, d: offset_loops(k + 1, d), None),  # holdout
+]
 
 
 def offset_block_diag(k, d_model):
@@ -150,7 +151,7 @@ def offset_from_encodings(k, d_model):
     return pe
 
 
-RIGHT_OFFSET = {"loops": offset_loops, "block_diag in float64": offset_block_diag, "index assignment": offset_from_encodings}
+RIGHT_OFFSET = [Right("loops", offset_loops), Right("block_diag in float64", offset_block_diag), Right("index assignment", offset_from_encodings)]
 
 
 # ------------------------------------------------------------------------------------ RoPE
@@ -203,19 +204,19 @@ def rope_cos_only(x):
     return torch.stack([x[..., 0::2] * angles.cos(), x[..., 1::2] * angles.cos()], -1).flatten(-2)
 
 
-WRONG_ROPE = {
-    "rotated the wrong way": (lambda x: rope_loops(x, sign=-1.0), "wrong way"),
-    "rotate-half pairing": (lambda x: rope_loops(x, halves=True), "paired the wrong dimensions"),
-    "frequencies inverted": (lambda x: rope_loops(x, invert=True), "frequencies inverted"),
-    "angle ignores position": (lambda x: rope_loops(x, no_pos=True), "ignores the position"),
-    "positions from 1": (lambda x: rope_loops(x, start=1), "positions start at 1"),
-    "one frequency": (lambda x: rope_loops(x, one_freq=True), "one frequency for every pair"),
-    "exponent i/d": (lambda x: rope_loops(x, exponent=1), "you used i/d"),
-    "2i doubled": (lambda x: rope_loops(x, exponent=4), "don't double them"),
-    "positions from axis 1": (rope_positions_from_axis_1, "the positions run along the second-to-last axis"),
-    "cos only": (rope_cos_only, None),  # holdout
-}
-RIGHT_ROPE = {"loops": rope_loops, "complex numbers": rope_complex, "float64, cos and sin repeated": rope_float64_cached}
+WRONG_ROPE = [
+    Wrong("rotated the wrong way", lambda x: rope_loops(x, sign=-1.0), "wrong way"),
+    Wrong("rotate-half pairing", lambda x: rope_loops(x, halves=True), "paired the wrong dimensions"),
+    Wrong("frequencies inverted", lambda x: rope_loops(x, invert=True), "frequencies inverted"),
+    Wrong("angle ignores position", lambda x: rope_loops(x, no_pos=True), "ignores the position"),
+    Wrong("positions from 1", lambda x: rope_loops(x, start=1), "positions start at 1"),
+    Wrong("one frequency", lambda x: rope_loops(x, one_freq=True), "one frequency for every pair"),
+    Wrong("exponent i/d", lambda x: rope_loops(x, exponent=1), "you used i/d"),
+    Wrong("2i doubled", lambda x: rope_loops(x, exponent=4), "don't double them"),
+    Wrong("positions from axis 1", rope_positions_from_axis_1, "the positions run along the second-to-last axis"),
+    Wrong("cos only", rope_cos_only, None),  # holdout
+]
+RIGHT_ROPE = [Right("loops", rope_loops), Right("complex numbers", rope_complex), Right("float64, cos and sin repeated", rope_float64_cached)]
 
 
 def test_rope_raising_and_in_place_give_one_line():
@@ -243,26 +244,26 @@ def gap_loops(f, x, perm):
     return worst
 
 
-WRONG_GAP = {
-    "output not permuted": (lambda f, x, perm: (f(x[:, perm]) - f(x)).abs().max(), "must be permuted too"),
-    "inverse permutation": (lambda f, x, perm: (f(x[:, perm]) - f(x)[:, torch.argsort(perm)]).abs().max(),
+WRONG_GAP = [
+    Wrong("output not permuted", lambda f, x, perm: (f(x[:, perm]) - f(x)).abs().max(), "must be permuted too"),
+    Wrong("inverse permutation", lambda f, x, perm: (f(x[:, perm]) - f(x)[:, torch.argsort(perm)]).abs().max(),
                             "the wrong way"),
-    "mean instead of max": (lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs().mean(), "not the mean"),
-    "the batch axis permuted": (lambda f, x, perm: (f(x[perm]) - f(x)[perm]).abs().max(), "permuted the batch axis"),
-    "signed, the other way round": (lambda f, x, perm: (f(x)[:, perm] - f(x[:, perm])).max(), "the difference is signed"),
-    "a norm": (lambda f, x, perm: torch.linalg.norm(f(x[:, perm]) - f(x)[:, perm]), "the norm of the whole difference"),
-    "a float": (lambda f, x, perm: float(correct_gap(f, x, perm)), "gap should be a torch.Tensor, got float"),
-    "a bool": (lambda f, x, perm: torch.allclose(f(x[:, perm]), f(x)[:, perm]), "gap should be a torch.Tensor, got bool"),
-    "one gap per sequence": (lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs().amax(dim=(1, 2)),
+    Wrong("mean instead of max", lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs().mean(), "not the mean"),
+    Wrong("the batch axis permuted", lambda f, x, perm: (f(x[perm]) - f(x)[perm]).abs().max(), "permuted the batch axis"),
+    Wrong("signed, the other way round", lambda f, x, perm: (f(x)[:, perm] - f(x[:, perm])).max(), "the difference is signed"),
+    Wrong("a norm", lambda f, x, perm: torch.linalg.norm(f(x[:, perm]) - f(x)[:, perm]), "the norm of the whole difference"),
+    Wrong("a float", lambda f, x, perm: float(correct_gap(f, x, perm)), "gap should be a torch.Tensor, got float"),
+    Wrong("a bool", lambda f, x, perm: torch.allclose(f(x[:, perm]), f(x)[:, perm]), "gap should be a torch.Tensor, got bool"),
+    Wrong("one gap per sequence", lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs().amax(dim=(1, 2)),
                              "gap has shape (6,), expected a single number"),
-    "a sum": (lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs().sum(), None),  # holdout
-}
-RIGHT_GAP = {
-    ".abs().max()": correct_gap,
-    "torch.max of torch.abs": lambda f, x, perm: torch.max(torch.abs(f(x[:, perm]) - f(x)[:, perm])),
-    "a loop over the batch": gap_loops,
-    "the infinity norm": lambda f, x, perm: torch.linalg.vector_norm(f(x[:, perm]) - f(x)[:, perm], ord=float("inf")),
-}
+    Wrong("a sum", lambda f, x, perm: (f(x[:, perm]) - f(x)[:, perm]).abs().sum(), None),  # holdout
+]
+RIGHT_GAP = [
+    Right(".abs().max()", correct_gap),
+    Right("torch.max of torch.abs", lambda f, x, perm: torch.max(torch.abs(f(x[:, perm]) - f(x)[:, perm]))),
+    Right("a loop over the batch", gap_loops),
+    Right("the infinity norm", lambda f, x, perm: torch.linalg.vector_norm(f(x[:, perm]) - f(x)[:, perm], ord=float("inf"))),
+]
 
 
 def test_permutation_gap_that_raises_gives_one_line():
@@ -271,23 +272,22 @@ def test_permutation_gap_that_raises_gives_one_line():
 
 # ------------------------------------------------------------------------------------ the libraries
 
-_CHECKERS = [(check_sinusoidal_encoding, WRONG_SINUSOIDAL, RIGHT_SINUSOIDAL),
-             (check_relative_offset_matrix, WRONG_OFFSET, RIGHT_OFFSET),
-             (check_apply_rope, WRONG_ROPE, RIGHT_ROPE), (check_permutation_gap, WRONG_GAP, RIGHT_GAP)]
-# In the shape tests/checks/answer_library.py reads:
-WRONG_ANSWERS = [(checker, label, fn, words) for checker, wrong, _ in _CHECKERS for label, (fn, words) in wrong.items()]
-RIGHT_ANSWERS = [(checker, label, fn) for checker, _, right in _CHECKERS for label, fn in right.items()]
+LIBRARY = {
+    check_sinusoidal_encoding: (WRONG_SINUSOIDAL, RIGHT_SINUSOIDAL),
+    check_relative_offset_matrix: (WRONG_OFFSET, RIGHT_OFFSET),
+    check_apply_rope: (WRONG_ROPE, RIGHT_ROPE),
+    check_permutation_gap: (WRONG_GAP, RIGHT_GAP),
+}
 
 
-@pytest.mark.parametrize("checker,label,fn,words", WRONG_ANSWERS,
-                         ids=[f"{c.__name__}:{label}" for c, label, _, _ in WRONG_ANSWERS])
-def test_each_wrong_answer_fails_with_its_hint(checker, label, fn, words):
-    assert_fails_with(checker(fn), words or "")
+@pytest.mark.parametrize("checker, wrong", wrong_cases(LIBRARY), ids=case_id)
+def test_each_wrong_answer_fails_with_its_hint(checker, wrong):
+    assert_fails_with(checker(wrong.fn), wrong.words or "")
 
 
-@pytest.mark.parametrize("checker,label,fn", RIGHT_ANSWERS, ids=[f"{c.__name__}:{label}" for c, label, _ in RIGHT_ANSWERS])
-def test_each_right_answer_passes(checker, label, fn):
-    result = checker(fn)
+@pytest.mark.parametrize("checker, right", right_cases(LIBRARY), ids=case_id)
+def test_each_right_answer_passes(checker, right):
+    result = checker(right.fn)
     assert result.status == PASSED, result.line
 
 

@@ -19,7 +19,7 @@ from course.checks.seq2seq import (
     check_shift_targets,
     reference_cross_attention,
 )
-from learner_library import Right, Wrong, case_id, right_cases, wrong_cases
+from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
 
 
 pytestmark = pytest.mark.usefixtures("lenient_checks")

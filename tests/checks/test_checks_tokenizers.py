@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
 from checker_assertions import assert_fails_with
 from course.checks import tokenizers as ct
 from course.checks.core import NOT_ATTEMPTED, PASSED
@@ -63,24 +64,24 @@ def pair_counts_forgets_return(ids):
 
 
 WRONG_PAIR_COUNTS = [
-    ("last pair dropped", _no_last_pair, "last pair is not counted"),
-    ("runs counted once", _skip_after_repeat, "overlapping pairs count separately"),
-    ("every other pair", lambda ids: {p: list(zip(ids[::2], ids[1::2])).count(p) for p in zip(ids[::2], ids[1::2])},
+    Wrong("last pair dropped", _no_last_pair, "last pair is not counted"),
+    Wrong("runs counted once", _skip_after_repeat, "overlapping pairs count separately"),
+    Wrong("every other pair", lambda ids: {p: list(zip(ids[::2], ids[1::2])).count(p) for p in zip(ids[::2], ids[1::2])},
      "every other pair"),
-    ("set of pairs", lambda ids: {p: 1 for p in set(zip(ids, ids[1:]))}, "counted once"),
-    ("reversed pairs", lambda ids: correct_pair_counts(ids[::-1]), "reversed"),
-    ("counted in the text", pair_counts_as_text, "the ids were counted as text"),
-    ("a list of pairs", lambda ids: list(zip(ids, ids[1:])), "should return a dict, got list"),
-    ("string keys", lambda ids: Counter(f"{a},{b}" for a, b in zip(ids, ids[1:])), "the keys should be tuples like"),
-    ("no return", pair_counts_forgets_return, "did you forget `return`"),
-    ("an extra pair", lambda ids: {**correct_pair_counts(ids), (0, 0): 1}, "(0, 0) should not be there"),
+    Wrong("set of pairs", lambda ids: {p: 1 for p in set(zip(ids, ids[1:]))}, "counted once"),
+    Wrong("reversed pairs", lambda ids: correct_pair_counts(ids[::-1]), "reversed"),
+    Wrong("counted in the text", pair_counts_as_text, "the ids were counted as text"),
+    Wrong("a list of pairs", lambda ids: list(zip(ids, ids[1:])), "should return a dict, got list"),
+    Wrong("string keys", lambda ids: Counter(f"{a},{b}" for a, b in zip(ids, ids[1:])), "the keys should be tuples like"),
+    Wrong("no return", pair_counts_forgets_return, "did you forget `return`"),
+    Wrong("an extra pair", lambda ids: {**correct_pair_counts(ids), (0, 0): 1}, "(0, 0) should not be there"),
     # holdout: written after the checker was finished; None where the line only shows the first difference
-    ("pairs two apart", lambda ids: dict(Counter(zip(ids, ids[2:]))), None),
-    ("every pair of distinct ids", lambda ids: {(a, b): 1 for a in set(ids) for b in set(ids) if a != b}, None),
+    Wrong("pairs two apart", lambda ids: dict(Counter(zip(ids, ids[2:]))), None),
+    Wrong("every pair of distinct ids", lambda ids: {(a, b): 1 for a in set(ids) for b in set(ids) if a != b}, None),
 ]
 
-RIGHT_PAIR_COUNTS = [("dict.get", correct_pair_counts), ("the course's", get_pair_counts),
-                     ("Counter", lambda ids: Counter(zip(ids, ids[1:]))), ("defaultdict and indices", pair_counts_indices)]
+RIGHT_PAIR_COUNTS = [Right("dict.get", correct_pair_counts), Right("the course's", get_pair_counts),
+                     Right("Counter", lambda ids: Counter(zip(ids, ids[1:]))), Right("defaultdict and indices", pair_counts_indices)]
 
 
 def test_the_course_pair_counts_pass_with_one_line():
@@ -232,25 +233,25 @@ def merge_last_id_after_the_loop(ids, pair, new_id):
 
 
 WRONG_MERGES = [
-    ("second element kept", _keeps_second, "skip both elements"),
-    ("overlaps merged twice", _overlap_twice, "overlapping occurrences were merged twice"),
-    ("last element dropped", _drops_last, "last element was lost"),
-    ("first occurrence only", _first_only, "only the first occurrence"),
-    ("scanned from the right", _from_right, "merged from the right"),
-    ("nothing replaced", lambda ids, pair, new_id: list(ids), "nothing was replaced"),
-    ("a slice compared with the tuple", _list_compare, "a list never equals a tuple"),
-    ("changed in place", _in_place, "changed its input in place"),
-    ("looks at pairs (0, 1), (2, 3), ...", _in_pairs, "only pairs starting at even positions"),
-    ("replaced in the text", _as_text, "the ids were replaced as text"),
-    ("a string", lambda ids, pair, new_id: str(ids), "should return a list, got str"),
+    Wrong("second element kept", _keeps_second, "skip both elements"),
+    Wrong("overlaps merged twice", _overlap_twice, "overlapping occurrences were merged twice"),
+    Wrong("last element dropped", _drops_last, "last element was lost"),
+    Wrong("first occurrence only", _first_only, "only the first occurrence"),
+    Wrong("scanned from the right", _from_right, "merged from the right"),
+    Wrong("nothing replaced", lambda ids, pair, new_id: list(ids), "nothing was replaced"),
+    Wrong("a slice compared with the tuple", _list_compare, "a list never equals a tuple"),
+    Wrong("changed in place", _in_place, "changed its input in place"),
+    Wrong("looks at pairs (0, 1), (2, 3), ...", _in_pairs, "only pairs starting at even positions"),
+    Wrong("replaced in the text", _as_text, "the ids were replaced as text"),
+    Wrong("a string", lambda ids, pair, new_id: str(ids), "should return a list, got str"),
     # holdout
-    ("the pair in either order", _either_order, None),
+    Wrong("the pair in either order", _either_order, None),
 ]
 
-RIGHT_MERGES = [("while loop", correct_merge), ("the course's", merge), ("a skip flag", merge_with_a_flag),
-                ("recursive", merge_recursive),
-                ("returns a tuple", lambda ids, pair, new_id: tuple(correct_merge(ids, pair, new_id))),
-                ("the last id after the loop", merge_last_id_after_the_loop)]  # holdout
+RIGHT_MERGES = [Right("while loop", correct_merge), Right("the course's", merge), Right("a skip flag", merge_with_a_flag),
+                Right("recursive", merge_recursive),
+                Right("returns a tuple", lambda ids, pair, new_id: tuple(correct_merge(ids, pair, new_id))),
+                Right("the last id after the loop", merge_last_id_after_the_loop)]  # holdout
 
 
 def test_merge_that_raises_gets_a_one_line_message_naming_the_case():
@@ -275,46 +276,44 @@ def correct_embedding(ids, W):
 
 
 WRONG_EMBEDDINGS = [
-    ("transposed", lambda ids, W: F.one_hot(ids, W.shape[1]).float() @ W.T, "wrong orientation"),
-    ("no num_classes", lambda ids, W: F.one_hot(ids).float() @ W, "num_classes=W.shape[0]"),
-    ("num_classes from d_model", lambda ids, W: F.one_hot(ids, W.shape[1]).float() @ W, "num_classes=W.shape[0]"),
-    ("integer one-hot", lambda ids, W: F.one_hot(ids, W.shape[0]) @ W, "convert them to W's dtype"),
-    ("off by one", lambda ids, W: F.one_hot((ids + 1) % W.shape[0], W.shape[0]).float() @ W, "off by one"),
-    ("ids counted from 1", lambda ids, W: W[ids - 1], "off by one"),
-    ("summed over the batch", lambda ids, W: (F.one_hot(ids, W.shape[0]).float() @ W).sum(0),
+    Wrong("transposed", lambda ids, W: F.one_hot(ids, W.shape[1]).float() @ W.T, "wrong orientation"),
+    Wrong("no num_classes", lambda ids, W: F.one_hot(ids).float() @ W, "num_classes=W.shape[0]"),
+    Wrong("num_classes from d_model", lambda ids, W: F.one_hot(ids, W.shape[1]).float() @ W, "num_classes=W.shape[0]"),
+    Wrong("integer one-hot", lambda ids, W: F.one_hot(ids, W.shape[0]) @ W, "convert them to W's dtype"),
+    Wrong("off by one", lambda ids, W: F.one_hot((ids + 1) % W.shape[0], W.shape[0]).float() @ W, "off by one"),
+    Wrong("ids counted from 1", lambda ids, W: W[ids - 1], "off by one"),
+    Wrong("summed over the batch", lambda ids, W: (F.one_hot(ids, W.shape[0]).float() @ W).sum(0),
      "the first (batch) axis is missing"),
-    ("a list", lambda ids, W: W[ids].tolist(), "output should be a torch.Tensor, got a list of 2 item(s)"),
-    ("a NumPy array", lambda ids, W: W[ids].numpy(), "got a NumPy array"),
-    ("W itself", lambda ids, W: W, "has shape (5, 5), expected (2, 3, 5)"),
+    Wrong("a list", lambda ids, W: W[ids].tolist(), "output should be a torch.Tensor, got a list of 2 item(s)"),
+    Wrong("a NumPy array", lambda ids, W: W[ids].numpy(), "got a NumPy array"),
+    Wrong("W itself", lambda ids, W: W, "has shape (5, 5), expected (2, 3, 5)"),
     # holdout
-    ("scaled by sqrt(d_model)", lambda ids, W: W[ids] * W.shape[1] ** 0.5, "off by a constant factor"),
-    ("ids read backwards", lambda ids, W: W[ids.flip(-1)], "reversed along axis 1"),
+    Wrong("scaled by sqrt(d_model)", lambda ids, W: W[ids] * W.shape[1] ** 0.5, "off by a constant factor"),
+    Wrong("ids read backwards", lambda ids, W: W[ids.flip(-1)], "reversed along axis 1"),
 ]
 
-RIGHT_EMBEDDINGS = [("one_hot @ W", correct_embedding), ("a row lookup", lambda ids, W: W[ids]),
-                    ("F.embedding", lambda ids, W: F.embedding(ids, W)),
-                    ("einsum", lambda ids, W: torch.einsum("...v,vd->...d", F.one_hot(ids, len(W)).float(), W)),
-                    ("index_select", lambda ids, W: W.index_select(0, ids.flatten()).reshape(*ids.shape, -1))]
+RIGHT_EMBEDDINGS = [Right("one_hot @ W", correct_embedding), Right("a row lookup", lambda ids, W: W[ids]),
+                    Right("F.embedding", lambda ids, W: F.embedding(ids, W)),
+                    Right("einsum", lambda ids, W: torch.einsum("...v,vd->...d", F.one_hot(ids, len(W)).float(), W)),
+                    Right("index_select", lambda ids, W: W.index_select(0, ids.flatten()).reshape(*ids.shape, -1))]
 
 
 # --- the libraries, in the shape answer_library.py reads ---------------------------------------------------
-WRONG_ANSWERS = ([(check_pair_counts, label, fn, words) for label, fn, words in WRONG_PAIR_COUNTS]
-                 + [(check_merge, label, fn, words) for label, fn, words in WRONG_MERGES]
-                 + [(check_one_hot_embedding, label, fn, words) for label, fn, words in WRONG_EMBEDDINGS])
-RIGHT_ANSWERS = ([(check_pair_counts, label, fn) for label, fn in RIGHT_PAIR_COUNTS]
-                 + [(check_merge, label, fn) for label, fn in RIGHT_MERGES]
-                 + [(check_one_hot_embedding, label, fn) for label, fn in RIGHT_EMBEDDINGS])
+LIBRARY = {
+    check_pair_counts: (WRONG_PAIR_COUNTS, RIGHT_PAIR_COUNTS),
+    check_merge: (WRONG_MERGES, RIGHT_MERGES),
+    check_one_hot_embedding: (WRONG_EMBEDDINGS, RIGHT_EMBEDDINGS),
+}
 
 
-@pytest.mark.parametrize("checker,label,fn,words", WRONG_ANSWERS,
-                         ids=[f"{c.__name__}:{label}" for c, label, _, _ in WRONG_ANSWERS])
-def test_each_wrong_answer_fails_with_its_hint(checker, label, fn, words):
-    assert_fails_with(_run(checker, fn), words or "")
+@pytest.mark.parametrize("checker, wrong", wrong_cases(LIBRARY), ids=case_id)
+def test_each_wrong_answer_fails_with_its_hint(checker, wrong):
+    assert_fails_with(_run(checker, wrong.fn), wrong.words or "")
 
 
-@pytest.mark.parametrize("checker,label,fn", RIGHT_ANSWERS, ids=[f"{c.__name__}:{label}" for c, label, _ in RIGHT_ANSWERS])
-def test_each_right_answer_passes(checker, label, fn):
-    result = _run(checker, fn)
+@pytest.mark.parametrize("checker, right", right_cases(LIBRARY), ids=case_id)
+def test_each_right_answer_passes(checker, right):
+    result = _run(checker, right.fn)
     assert result.status == PASSED, result.line
 
 

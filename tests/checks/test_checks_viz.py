@@ -19,7 +19,7 @@ from course.checks.viz import (
     reference_referent_share,
 )
 from course.viz import attention_rollout
-from learner_library import Right, Wrong, case_id, right_cases, wrong_cases
+from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
 
 pytestmark = pytest.mark.usefixtures("lenient_checks")
 
