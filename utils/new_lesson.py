@@ -121,14 +121,16 @@ def test_centred_vectors_have_zero_mean_and_keep_their_shape():
     torch.testing.assert_close(out.mean(dim=-1), torch.zeros(5), atol=1e-6, rtol=0)
 ''')
 
-CHECKS_TEST = Template('''"""Lesson $nn's checker: the right answer passes; learner-style wrong answers get the hint for their mistake."""
+CHECKS_TEST = Template('''"""Lesson $nn's checker: right answers pass; learner-style wrong answers get the hint for their mistake."""
 from __future__ import annotations
 
 import pytest
-import torch
+from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
 from checker_assertions import assert_fails_with
 
 from course.checks.$module import check_centre
+
+pytestmark = pytest.mark.usefixtures("lenient_checks")
 
 
 def learner_centre(x):
@@ -136,28 +138,35 @@ def learner_centre(x):
     return x - mean
 
 
-# Wrong answers a learner might write (independent of the checker's own mistake library),
-# each with the words its line must contain.
-WRONG = {
-    "mean down the columns": (lambda x: x - x.mean(dim=0), "wrong axis"),
-    "one mean for everything": (lambda x: x - x.mean(), "whole tensor"),
-    "standardised instead": (lambda x: (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True), "standard deviation"),
-    "forgot to subtract": (lambda x: x.clone(), "Largest error"),
-    "returns nothing": (lambda x: None, "None"),
-}
+# Answers a learner might write (independent of the checker's own mistake library), in the shape
+# tests/checks/answer_library.py reads: each wrong one with the words its line must contain.
+WRONG_CENTRES = [
+    Wrong("mean down the columns", lambda x: x - x.mean(dim=0), "wrong axis"),
+    Wrong("one mean for everything", lambda x: x - x.mean(), "whole tensor"),
+    Wrong("standardised instead", lambda x: (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True), "standard deviation"),
+    Wrong("forgot to subtract", lambda x: x.clone(), "Largest error"),
+    Wrong("returns nothing", lambda x: None, "None"),
+]
+RIGHT_CENTRES = [
+    Right("sum over the count", learner_centre),
+    Right("mean with keepdim", lambda x: x - x.mean(dim=-1, keepdim=True)),
+]
+
+LIBRARY = {check_centre: (WRONG_CENTRES, RIGHT_CENTRES)}
 
 
-def test_a_right_answer_passes(lenient_checks):
-    assert check_centre(learner_centre).passed
+@pytest.mark.parametrize("checker, wrong", wrong_cases(LIBRARY), ids=case_id)
+def test_each_wrong_answer_fails_with_its_hint(checker, wrong):
+    assert_fails_with(checker(wrong.fn), wrong.words or "")
 
 
-@pytest.mark.parametrize("name", list(WRONG))
-def test_each_wrong_answer_fails_with_its_hint(name, lenient_checks):
-    fn, words = WRONG[name]
-    assert_fails_with(check_centre(fn), words)
+@pytest.mark.parametrize("checker, right", right_cases(LIBRARY), ids=case_id)
+def test_each_right_answer_passes(checker, right):
+    result = checker(right.fn)
+    assert result.passed, result.line
 
 
-def test_an_unattempted_exercise_says_so(lenient_checks):
+def test_an_unattempted_exercise_says_so():
     def centre(x):
         raise NotImplementedError()
 

@@ -90,12 +90,14 @@ def test_a_scaffolded_lesson_touches_only_its_own_files_and_passes_the_suite(tmp
     # student runs, which the main suite does.)
     suite = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "tests/tooling",
                             "tests/course/test_scaffold_demo.py", "tests/checks/test_checks_scaffold_demo.py",
-                            f"notebooks/{name}.ipynb", "-k", "not runs_to_the_first_exercise or scaffold_demo",
+                            "tests/checks/test_answer_library.py", f"notebooks/{name}.ipynb", "-k", "not runs_to_the_first_exercise or scaffold_demo",
                             "--deselect", "tests/tooling/test_new_lesson.py"],
                            cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert suite.returncode == 0, suite.stdout[-4000:] + suite.stderr[-2000:]
     for test in [f"PASSED notebooks/{name}.ipynb::Cell 0",
                  f"PASSED tests/tooling/test_student_notebooks.py::test_student_notebook_runs_to_the_first_exercise_and_says_not_attempted[{name}.ipynb]",
                  f"PASSED tests/tooling/test_notebook_hygiene.py::test_every_exercise_has_nbgrader_metadata_and_a_checker_from_the_lessons_checks_module[{name}.ipynb]",
-                 f"PASSED tests/tooling/test_lessons_manifest.py::test_a_lesson_imports_the_modules_it_builds[{name}]"]:
+                 f"PASSED tests/tooling/test_lessons_manifest.py::test_a_lesson_imports_the_modules_it_builds[{name}]",
+                 "PASSED tests/checks/test_answer_library.py::test_a_checker_module_exposes_its_library_in_the_shared_shape"
+                 "[test_checks_scaffold_demo]"]:
         assert test in suite.stdout, f"{test} did not run"
