@@ -9,8 +9,8 @@ of ``Wrong(name, fn, words)`` (each must fail, and its line must contain ``words
 own mistake library; the right ones another way than the course's (einsum, loops, float64 inside, -1e9
 fills). ``words`` names the mistake or its structure (a hint, a structural hint, or the engine's words for
 a wrong type, shape or dtype); ``None`` marks an answer (a holdout, written after the checker was
-finished) whose line is only expected to reject it. The module's tests assert each verdict
-(``wrong_cases``, ``right_cases``); :func:`figures` counts them::
+finished) whose line is only expected to reject it. The module asserts each verdict with the two tests
+:func:`library_tests` makes; :func:`figures` counts them::
 
     .venv/bin/python tests/checks/answer_library.py    # per module and in total, over every checker module
 """
@@ -73,8 +73,38 @@ def case_id(value: Any) -> str:
 
 def run_answer(checker: Callable[..., CheckResult], fn: Callable[..., Any]) -> CheckResult:
     """The checker's result for ``fn``, without printing and without raising."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return checker(fn, strict=False)
+    return _run_printed(checker, fn)[0]
+
+
+def _run_printed(checker, fn) -> tuple[CheckResult, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = checker(fn, strict=False)
+    return result, out.getvalue()
+
+
+def library_tests(library: Library) -> tuple[Callable, Callable]:
+    """The two tests every checker test module runs on its ``LIBRARY``: each wrong answer fails, in one
+    printed line holding its words; each right answer passes, in one printed line. In the module::
+
+        test_each_wrong_answer_fails_with_its_words, test_each_right_answer_passes = library_tests(LIBRARY)
+    """
+    import pytest
+
+    @pytest.mark.parametrize("checker, wrong", wrong_cases(library), ids=case_id)
+    def test_each_wrong_answer_fails_with_its_words(checker, wrong):
+        result, printed = _run_printed(checker, wrong.fn)
+        assert not result.passed, result.line
+        assert (wrong.words or "") in result.line, result.line
+        assert printed == result.line + "\n", printed
+
+    @pytest.mark.parametrize("checker, right", right_cases(library), ids=case_id)
+    def test_each_right_answer_passes(checker, right):
+        result, printed = _run_printed(checker, right.fn)
+        assert result.passed, result.line
+        assert printed == result.line + "\n" and printed.startswith("✓ "), printed
+
+    return test_each_wrong_answer_fails_with_its_words, test_each_right_answer_passes
 
 
 def names_the_mistake(result: CheckResult, words: str | None) -> bool:

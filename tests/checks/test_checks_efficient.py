@@ -6,11 +6,10 @@ import math
 import pytest
 import torch
 
-from checker_assertions import assert_fails_with
 from course.checks import efficient as ce
 from course.checks.core import Mistake
 from course.efficient import kv_append, online_softmax_update, sliding_window_mask
-from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
+from answer_library import Right, Wrong, library_tests
 
 
 pytestmark = pytest.mark.usefixtures("lenient_checks")
@@ -287,15 +286,7 @@ LIBRARY = {
 }
 
 
-@pytest.mark.parametrize("checker, wrong", wrong_cases(LIBRARY), ids=case_id)
-def test_each_learner_style_wrong_answer_fails_with_its_hint(checker, wrong):
-    assert_fails_with(checker(wrong.fn), wrong.words)
-
-
-@pytest.mark.parametrize("checker, right", right_cases(LIBRARY), ids=case_id)
-def test_each_correct_variant_passes(checker, right):
-    result = checker(right.fn)
-    assert result.passed, result.line
+test_each_wrong_answer_fails_with_its_words, test_each_right_answer_passes = library_tests(LIBRARY)
 
 
 def test_the_update_cases_overflow_exp_without_the_shift():

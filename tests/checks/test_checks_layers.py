@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 import course.checks.layers as layer_checks
 from checker_assertions import assert_fails_with
-from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
-from course.checks.core import NOT_ATTEMPTED, PASSED
+from answer_library import Right, Wrong, library_tests
+from course.checks.core import NOT_ATTEMPTED
 from course.checks.layers import (
     check_feed_forward,
     check_layer_norm,
@@ -314,15 +314,7 @@ LIBRARY = {
 }
 
 
-@pytest.mark.parametrize("checker, wrong", wrong_cases(LIBRARY), ids=case_id)
-def test_each_learner_style_wrong_answer_fails_with_its_hint(checker, wrong):
-    assert_fails_with(checker(wrong.fn), wrong.words)
-
-
-@pytest.mark.parametrize("checker, right", right_cases(LIBRARY), ids=case_id)
-def test_each_correct_variant_passes(checker, right):
-    result = checker(right.fn)
-    assert result.status == PASSED, result.line
+test_each_wrong_answer_fails_with_its_words, test_each_right_answer_passes = library_tests(LIBRARY)
 
 
 # ------------------------------------------------------------------------------------ every hint is reachable

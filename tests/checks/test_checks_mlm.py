@@ -14,10 +14,9 @@ import itertools
 import pytest
 import torch
 
-from checker_assertions import assert_fails_with
 from course.checks import mlm as cm
-from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
-from course.checks.core import NOT_ATTEMPTED, PASSED
+from answer_library import Right, Wrong, library_tests
+from course.checks.core import NOT_ATTEMPTED
 from course.mlm import apply_masking_rule, bidirectional_mask, mean_pool
 
 
@@ -276,15 +275,7 @@ LIBRARY = {
 }
 
 
-@pytest.mark.parametrize("checker, wrong", wrong_cases(LIBRARY), ids=case_id)
-def test_each_learner_style_wrong_answer_fails_with_its_hint(checker, wrong):
-    assert_fails_with(checker(wrong.fn), wrong.words)
-
-
-@pytest.mark.parametrize("checker, right", right_cases(LIBRARY), ids=case_id)
-def test_each_correct_variant_passes(checker, right):
-    result = checker(right.fn)
-    assert result.status == PASSED, result.line
+test_each_wrong_answer_fails_with_its_words, test_each_right_answer_passes = library_tests(LIBRARY)
 
 
 def test_the_masking_cases_hold_the_boundaries_the_rule_defines():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
+from answer_library import Right, Wrong, library_tests
 from checker_assertions import assert_fails_with
 from course.checks import rnn as cr
 from course.checks.core import NOT_ATTEMPTED
@@ -255,16 +255,7 @@ LIBRARY = {
 }
 
 
-@pytest.mark.parametrize("checker, wrong", wrong_cases(LIBRARY), ids=case_id)
-def test_each_wrong_answer_fails_with_its_hint(checker, wrong):
-    assert_fails_with(_run(checker, wrong.fn), wrong.words or "")
-
-
-@pytest.mark.parametrize("checker, right", right_cases(LIBRARY), ids=case_id)
-def test_each_right_answer_passes(checker, right):
-    result = _run(checker, right.fn)
-    assert result.passed, result.line
-    assert "\n" not in result.line
+test_each_wrong_answer_fails_with_its_words, test_each_right_answer_passes = library_tests(LIBRARY)
 
 
 REGISTERED = ([(check_rnn_step, m) for m in cr.RNN_STEP_MISTAKES]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from checker_assertions import assert_fails_with
-from course.checks.core import NOT_ATTEMPTED, PASSED
+from course.checks.core import NOT_ATTEMPTED
 from course.checks.seq2seq import (
     BEAM_STEP_MISTAKES,
     CROSS_ATTENTION_MISTAKES,
@@ -19,7 +19,7 @@ from course.checks.seq2seq import (
     check_shift_targets,
     reference_cross_attention,
 )
-from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
+from answer_library import Right, Wrong, library_tests
 
 
 pytestmark = pytest.mark.usefixtures("lenient_checks")
@@ -309,15 +309,7 @@ LIBRARY = {
 }
 
 
-@pytest.mark.parametrize("checker, wrong", wrong_cases(LIBRARY), ids=case_id)
-def test_each_learner_style_wrong_answer_fails_with_its_hint(checker, wrong):
-    assert_fails_with(checker(wrong.fn), wrong.words)
-
-
-@pytest.mark.parametrize("checker, right", right_cases(LIBRARY), ids=case_id)
-def test_each_correct_variant_passes(checker, right):
-    result = checker(right.fn)
-    assert result.status == PASSED, result.line
+test_each_wrong_answer_fails_with_its_words, test_each_right_answer_passes = library_tests(LIBRARY)
 
 
 @pytest.mark.parametrize("checker, mistakes", [

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from checker_assertions import assert_fails_with
-from course.checks.core import NOT_ATTEMPTED, PASSED
+from course.checks.core import NOT_ATTEMPTED
 from course.checks.viz import (
     BEST_HEAD_MISTAKES,
     ROLLOUT_MISTAKES,
@@ -19,7 +18,7 @@ from course.checks.viz import (
     reference_referent_share,
 )
 from course.viz import attention_rollout
-from answer_library import Right, Wrong, case_id, right_cases, wrong_cases
+from answer_library import Right, Wrong, library_tests
 
 pytestmark = pytest.mark.usefixtures("lenient_checks")
 
@@ -198,15 +197,7 @@ LIBRARY = {
 }
 
 
-@pytest.mark.parametrize("checker, wrong", wrong_cases(LIBRARY), ids=case_id)
-def test_each_learner_style_wrong_answer_fails_with_its_hint(checker, wrong):
-    assert_fails_with(checker(wrong.fn), wrong.words)
-
-
-@pytest.mark.parametrize("checker, right", right_cases(LIBRARY), ids=case_id)
-def test_each_correct_variant_passes(checker, right):
-    result = checker(right.fn)
-    assert result.status == PASSED, result.line
+test_each_wrong_answer_fails_with_its_words, test_each_right_answer_passes = library_tests(LIBRARY)
 
 
 @pytest.mark.parametrize("checker, mistakes", [(check_rollout, ROLLOUT_MISTAKES), (check_referent_share, SHARE_MISTAKES),
