@@ -624,9 +624,14 @@ def _structure(g: torch.Tensor, w: torch.Tensor, name: str, atol: float, rtol: f
     return None
 
 
+def _is_distribution(w, same) -> bool:
+    """The expected rows are weights: non-negative, each summing to 1 along the last axis (a softmax)."""
+    return w.dim() > 0 and not bool((w < -1e-12).any()) and same(w.sum(-1), torch.ones_like(w.sum(-1)))
+
+
 def _normalisation_hint(g, w, name, same) -> str | None:
     """Weights that should sum to 1 along the last axis: summed along another, over everything, or not at all."""
-    if w.dim() == 0 or bool((w < -1e-12).any()) or not same(w.sum(-1), torch.ones_like(w.sum(-1))):
+    if not _is_distribution(w, same):
         return None
     if bool((g < -1e-9).any()) or same(g.sum(-1), torch.ones_like(g.sum(-1))):
         return None  # not weights at all, or normalised along the right axis already
@@ -651,7 +656,7 @@ def _normalisation_hint(g, w, name, same) -> str | None:
 
 def _not_a_distribution(g, w, name, same) -> str | None:
     """The expected rows are weights summing to 1 (a softmax), the learner's are not."""
-    if w.dim() == 0 or bool((w < -1e-12).any()) or not same(w.sum(-1), torch.ones_like(w.sum(-1))):
+    if not _is_distribution(w, same):
         return None
     sums = g.sum(-1)
     off = (sums - 1).abs() > 1e-3

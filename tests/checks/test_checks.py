@@ -175,7 +175,7 @@ WRONG_SOFTMAX = [
     Wrong("shift in the numerator only", softmax_shift_in_the_numerator_only, "its rows do not sum to 1"),
     Wrong("no exp", lambda x: x / x.sum(-1, keepdim=True), None),
     Wrong("flattened to rows", lambda x: torch.softmax(x.reshape(-1, x.shape[-1]), 1),
-     "has shape (6, 6), expected (2, 3, 6)"),
+          "has shape (6, 6), expected (2, 3, 6)"),
 ]
 
 RIGHT_SOFTMAX = [

@@ -175,7 +175,7 @@ RIGHT_CAUSAL_MASK = [
     Right("not triu", lambda n: ~torch.ones(n, n, dtype=torch.bool).triu(1)),
     # holdout
     Right("strict tril or the diagonal",
-     lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1) | torch.eye(n, dtype=torch.bool)),
+          lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1) | torch.eye(n, dtype=torch.bool)),
 ]
 RIGHT_SPLIT_HEADS = [
     Right("view and transpose", split_ok),
@@ -192,7 +192,7 @@ RIGHT_MERGE_HEADS = [
     Right("unbind and cat", lambda x: torch.cat(x.unbind(1), dim=-1)),
     # holdout
     Right("reshape, then contiguous",
-     lambda x: x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1).contiguous()),
+          lambda x: x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1).contiguous()),
 ]
 RIGHT_MULTI_HEAD_ATTENTION = [
     Right("by parts", mha_ok),
@@ -481,16 +481,16 @@ WRONG_ATTENTION_SCORES = [
     Wrong("k q^T", scores_kq, "transposed"),
     Wrong("times sqrt(d_k)", lambda q, k: q @ k.mT * math.sqrt(q.shape[-1]), "scale upside down"),
     Wrong("sqrt of the key count", lambda q, k: q @ k.mT / math.sqrt(k.size(-2)),
-     "scaled by the wrong size"),
+          "scaled by the wrong size"),
     Wrong("softmax too early", lambda q, k: F.softmax(scores_ok(q, k), -1), "softmax applied too early"),
     Wrong("k.T on a batch", lambda q, k: q @ k.T / math.sqrt(q.shape[-1]),
-     "transpose only the last two axes"),
+          "transpose only the last two axes"),
     Wrong("transpose(1, 2)", lambda q, k: q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]),
-     "transpose only the last two axes"),
+          "transpose only the last two axes"),
     Wrong("summed", lambda q, k: scores_ok(q, k).sum(-1), "scores has shape (6,), expected (6, 6)"),
     # holdout
     Wrong("q and k each over sqrt(d_k)",
-     lambda q, k: (q / math.sqrt(q.shape[-1])) @ (k / math.sqrt(q.shape[-1])).mT, "divided by d_k"),
+          lambda q, k: (q / math.sqrt(q.shape[-1])) @ (k / math.sqrt(q.shape[-1])).mT, "divided by d_k"),
 ]
 WRONG_ATTENTION = [
     Wrong("no scale", attention_no_scale, "missing scale"),
@@ -502,7 +502,7 @@ WRONG_ATTENTION = [
     Wrong("shift by the overall max", attention_shift_by_the_overall_max, "maximum of the whole tensor"),
     Wrong("only the output", lambda q, k, v: attention_ok(q, k, v)[0], "expected 2 values (output, weights)"),
     Wrong("weights first", lambda q, k, v: attention_ok(q, k, v)[::-1],
-     "the two values are in the wrong order: return (output, weights)"),
+          "the two values are in the wrong order: return (output, weights)"),
     # holdout
     Wrong("scaled after the softmax", attention_scaled_after, None),
     Wrong("the scores as weights", attention_scores_as_weights, "weights should be weights, non-negative"),
@@ -518,7 +518,7 @@ WRONG_MASKED_ATTENTION = [
     Wrong("by hand, no shift", masked_by_hand_no_shift, "exp overflows for scores above about 88"),
     Wrong("max before masking", masked_max_before_mask, "row maximum was taken before masking"),
     Wrong("zeroed after softmax, renormalised", masked_renormalised,
-     "a blocked key with a huge score"),
+          "a blocked key with a huge score"),
     # holdout
     Wrong("mask transposed", masked_transposed_mask, "the mask must broadcast against them"),
     Wrong("fill -100", masked_fill_minus_100, "a finite fill such as -100"),
@@ -532,7 +532,7 @@ WRONG_CAUSAL_MASK = [
     Wrong("ints", lambda n: torch.ones(n, n, dtype=torch.long).tril(), "dtype torch.int64"),
     # holdout
     Wrong("rows flipped", lambda n: torch.ones(n, n, dtype=torch.bool).tril().flip(0),
-     "reversed along axis 0"),
+          "reversed along axis 0"),
 ]
 WRONG_SPLIT_HEADS = [
     Wrong("reshape, no transpose", split_reshape_no_transpose, "reshape without transpose"),

@@ -97,8 +97,12 @@ WRONG_SINUSOIDAL = [
     # holdout: written after the checker was finished; None where the line only says the values differ
     Wrong("base 1000", lambda n, d: pe_base(n, d, 1000.0), None),
 ]
-RIGHT_SINUSOIDAL = [Right("exp and log", correct_sinusoidal), Right("loops with math.sin", pe_loops), Right("float64", pe_float64),
-                    Right("cos as a shifted sin", pe_cos_as_shifted_sin)]  # the last: holdout
+RIGHT_SINUSOIDAL = [
+    Right("exp and log", correct_sinusoidal),
+    Right("loops with math.sin", pe_loops),
+    Right("float64", pe_float64),
+    Right("cos as a shifted sin", pe_cos_as_shifted_sin),
+]  # the last: holdout
 
 
 def test_sinusoidal_raising_gives_one_line():
@@ -151,7 +155,11 @@ def offset_from_encodings(k, d_model):
     return pe
 
 
-RIGHT_OFFSET = [Right("loops", offset_loops), Right("block_diag in float64", offset_block_diag), Right("index assignment", offset_from_encodings)]
+RIGHT_OFFSET = [
+    Right("loops", offset_loops),
+    Right("block_diag in float64", offset_block_diag),
+    Right("index assignment", offset_from_encodings),
+]
 
 
 # ------------------------------------------------------------------------------------ RoPE
@@ -216,7 +224,11 @@ WRONG_ROPE = [
     Wrong("positions from axis 1", rope_positions_from_axis_1, "the positions run along the second-to-last axis"),
     Wrong("cos only", rope_cos_only, None),  # holdout
 ]
-RIGHT_ROPE = [Right("loops", rope_loops), Right("complex numbers", rope_complex), Right("float64, cos and sin repeated", rope_float64_cached)]
+RIGHT_ROPE = [
+    Right("loops", rope_loops),
+    Right("complex numbers", rope_complex),
+    Right("float64, cos and sin repeated", rope_float64_cached),
+]
 
 
 def test_rope_raising_and_in_place_give_one_line():

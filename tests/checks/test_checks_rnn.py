@@ -61,9 +61,9 @@ WRONG_RNN_STEPS = [
     Wrong("torch's layout", lambda x, h, Wx, Wh, b: torch.tanh(Wx @ x + Wh @ h + b), "shapes do not line up"),
     Wrong("elementwise product", lambda x, h, Wx, Wh, b: torch.tanh(x * Wx + h * Wh + b), "@ is the matrix product"),
     Wrong("first sequence's state for all", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx + h[0] @ Wh + b),
-     "right for the first item along axis 0 and wrong for the others"),
+          "right for the first item along axis 0 and wrong for the others"),
     Wrong("summed over the batch", lambda x, h, Wx, Wh, b: correct_rnn_step(x, h, Wx, Wh, b).sum(0),
-     "h_t has shape (4,), expected (3, 4): the first (batch) axis is missing"),
+          "h_t has shape (4,), expected (3, 4): the first (batch) axis is missing"),
     # holdout: written after the checker was finished; None where the line only says the values differ
     Wrong("transposed result", lambda x, h, Wx, Wh, b: correct_rnn_step(x, h, Wx, Wh, b).T, "the last two axes are swapped"),
     Wrong("a tanh for each term", lambda x, h, Wx, Wh, b: torch.tanh(x @ Wx) + torch.tanh(h @ Wh) + b, None),
@@ -136,26 +136,31 @@ def self_attend_bmm(x):
 WRONG_ATTENDS = [
     Wrong("wrong axis", lambda x: torch.softmax(x @ x.transpose(-2, -1) / math.sqrt(x.shape[-1]), dim=-2) @ x, "wrong axis"),
     Wrong("dim=1", lambda x: F.softmax(x @ x.transpose(-2, -1) / math.sqrt(x.shape[-1]), dim=1) @ x,
-     "dim=1 is the last axis only without a batch"),
+          "dim=1 is the last axis only without a batch"),
     Wrong("no scale", lambda x: torch.softmax(x @ x.transpose(-2, -1), dim=-1) @ x, "not scaled"),
     Wrong("divide by d", lambda x: torch.softmax(x @ x.transpose(-2, -1) / x.shape[-1], dim=-1) @ x, "instead of sqrt(d)"),
     Wrong("scale by the length", lambda x: torch.softmax(x @ x.mT / math.sqrt(x.shape[-2]), dim=-1) @ x,
-     "scaled by the number of positions"),
+          "scaled by the number of positions"),
     Wrong("d from x.shape[1]", lambda x: torch.softmax(x @ x.mT / math.sqrt(x.shape[1]), dim=-1) @ x,
-     "x.shape[1] is the feature size only"),
+          "x.shape[1] is the feature size only"),
     Wrong("no softmax", lambda x: (x @ x.transpose(-2, -1) / math.sqrt(x.shape[-1])) @ x, "no softmax"),
     Wrong("x.T on a batch", lambda x: torch.softmax(x @ x.T / math.sqrt(x.shape[-1]), dim=-1) @ x, "x.transpose(-2, -1)"),
     Wrong("product the wrong way round", lambda x: torch.softmax(x.T @ x, dim=-1) @ x, "shapes do not line up"),
     Wrong("softmax by hand, no shift", self_attend_by_hand_no_shift, "exp overflows for scores above about 88"),
     Wrong("torch.bmm", self_attend_bmm, "torch.bmm needs a batch axis"),
     Wrong("weights instead of output", lambda x: torch.softmax(x @ x.mT / math.sqrt(x.shape[-1]), dim=-1),
-     "output has shape (5, 5), expected (5, 3)"),
+          "output has shape (5, 5), expected (5, 3)"),
     # holdout
     Wrong("scale on the output", lambda x: torch.softmax(x @ x.mT, -1) @ x / math.sqrt(x.shape[-1]), None),
 ]
 
-RIGHT_ATTENDS = [Right("matmul", correct_self_attend), Right("einsum", self_attend_einsum), Right("F.sdpa", self_attend_torch),
-                 Right("by hand with the shift", self_attend_by_hand_with_shift), Right("float64 inside", self_attend_float64)]
+RIGHT_ATTENDS = [
+    Right("matmul", correct_self_attend),
+    Right("einsum", self_attend_einsum),
+    Right("F.sdpa", self_attend_torch),
+    Right("by hand with the shift", self_attend_by_hand_with_shift),
+    Right("float64 inside", self_attend_float64),
+]
 
 
 def test_self_attend_over_features_instead_of_positions_gets_one_line():
@@ -237,13 +242,17 @@ WRONG_REACHES = [
     Wrong("the gradient itself", _reach(lambda o: o[-1], lambda g: g), "output has shape (6, 3), expected (6,)"),
     # holdout
     Wrong("mean of the last output", _reach(lambda o: o[-1] / o.shape[-1], lambda g: g.norm(dim=-1)),
-     "off by a constant factor"),
+          "off by a constant factor"),
     Wrong("one norm for everything", _reach(lambda o: o[-1], lambda g: g.norm()), "you reduced it to a single number"),
 ]
 
-RIGHT_REACHES = [Right("backward", correct_reach), Right("the course's", gradient_reach), Right("jacobian", reach_jacobian),
-                 Right("autograd.grad", _reach(lambda o: o[-1], lambda g: g.pow(2).sum(-1).sqrt())),
-                 Right("sum(-1)[-1]", _reach(lambda o: o.sum(-1)[-1], lambda g: g.norm(dim=-1)))]  # holdout
+RIGHT_REACHES = [
+    Right("backward", correct_reach),
+    Right("the course's", gradient_reach),
+    Right("jacobian", reach_jacobian),
+    Right("autograd.grad", _reach(lambda o: o[-1], lambda g: g.pow(2).sum(-1).sqrt())),
+    Right("sum(-1)[-1]", _reach(lambda o: o.sum(-1)[-1], lambda g: g.norm(dim=-1))),
+]  # holdout
 
 
 # --- the libraries, in the shape answer_library.py reads ---------------------------------------------------

@@ -67,7 +67,7 @@ WRONG_PAIR_COUNTS = [
     Wrong("last pair dropped", _no_last_pair, "last pair is not counted"),
     Wrong("runs counted once", _skip_after_repeat, "overlapping pairs count separately"),
     Wrong("every other pair", lambda ids: {p: list(zip(ids[::2], ids[1::2])).count(p) for p in zip(ids[::2], ids[1::2])},
-     "every other pair"),
+          "every other pair"),
     Wrong("set of pairs", lambda ids: {p: 1 for p in set(zip(ids, ids[1:]))}, "counted once"),
     Wrong("reversed pairs", lambda ids: correct_pair_counts(ids[::-1]), "reversed"),
     Wrong("counted in the text", pair_counts_as_text, "the ids were counted as text"),
@@ -80,8 +80,12 @@ WRONG_PAIR_COUNTS = [
     Wrong("every pair of distinct ids", lambda ids: {(a, b): 1 for a in set(ids) for b in set(ids) if a != b}, None),
 ]
 
-RIGHT_PAIR_COUNTS = [Right("dict.get", correct_pair_counts), Right("the course's", get_pair_counts),
-                     Right("Counter", lambda ids: Counter(zip(ids, ids[1:]))), Right("defaultdict and indices", pair_counts_indices)]
+RIGHT_PAIR_COUNTS = [
+    Right("dict.get", correct_pair_counts),
+    Right("the course's", get_pair_counts),
+    Right("Counter", lambda ids: Counter(zip(ids, ids[1:]))),
+    Right("defaultdict and indices", pair_counts_indices),
+]
 
 
 def test_the_course_pair_counts_pass_with_one_line():
@@ -248,10 +252,14 @@ WRONG_MERGES = [
     Wrong("the pair in either order", _either_order, None),
 ]
 
-RIGHT_MERGES = [Right("while loop", correct_merge), Right("the course's", merge), Right("a skip flag", merge_with_a_flag),
-                Right("recursive", merge_recursive),
-                Right("returns a tuple", lambda ids, pair, new_id: tuple(correct_merge(ids, pair, new_id))),
-                Right("the last id after the loop", merge_last_id_after_the_loop)]  # holdout
+RIGHT_MERGES = [
+    Right("while loop", correct_merge),
+    Right("the course's", merge),
+    Right("a skip flag", merge_with_a_flag),
+    Right("recursive", merge_recursive),
+    Right("returns a tuple", lambda ids, pair, new_id: tuple(correct_merge(ids, pair, new_id))),
+    Right("the last id after the loop", merge_last_id_after_the_loop),
+]  # holdout
 
 
 def test_merge_that_raises_gets_a_one_line_message_naming_the_case():
@@ -283,7 +291,7 @@ WRONG_EMBEDDINGS = [
     Wrong("off by one", lambda ids, W: F.one_hot((ids + 1) % W.shape[0], W.shape[0]).float() @ W, "off by one"),
     Wrong("ids counted from 1", lambda ids, W: W[ids - 1], "off by one"),
     Wrong("summed over the batch", lambda ids, W: (F.one_hot(ids, W.shape[0]).float() @ W).sum(0),
-     "the first (batch) axis is missing"),
+          "the first (batch) axis is missing"),
     Wrong("a list", lambda ids, W: W[ids].tolist(), "output should be a torch.Tensor, got a list of 2 item(s)"),
     Wrong("a NumPy array", lambda ids, W: W[ids].numpy(), "got a NumPy array"),
     Wrong("W itself", lambda ids, W: W, "has shape (5, 5), expected (2, 3, 5)"),
