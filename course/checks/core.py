@@ -771,7 +771,7 @@ def _evaluate_function(exercise, fn, reference, cases, mistakes, output_names, a
                        convert, batch_first, nonfinite_hint, locate) -> CheckResult:
     if not callable(fn):
         return CheckResult(exercise, FAILED, f"expected a function, got {type(fn).__name__}; pass the function itself, without calling it")
-    worst = 0.0
+    worst, any_floating = 0.0, False
     seen: list[tuple[tuple, Any]] = []
     for i, args in enumerate(cases):
         where = f"case {i + 1} of {len(cases)}"
@@ -801,8 +801,10 @@ def _evaluate_function(exercise, fn, reference, cases, mistakes, output_names, a
                                                  f"({describe_exception(exc)}; {where}): your function returned "
                                                  f"{describe_value(got)}")
         if problem is None:
-            worst = max([worst] + [max_abs_error(g, w) for g, w in zip(_as_tuple(got), _as_tuple(want))
-                                   if isinstance(w, torch.Tensor) and w.is_floating_point()])
+            floating = [(g, w) for g, w in zip(_as_tuple(got), _as_tuple(want))
+                        if isinstance(w, torch.Tensor) and w.is_floating_point()]
+            any_floating = any_floating or bool(floating)
+            worst = max([worst] + [max_abs_error(g, w) for g, w in floating])
             seen.append((args, got))
             continue
         later = _LaterCases(fn, cases[i + 1:], time_limit, context, convert)
@@ -810,7 +812,9 @@ def _evaluate_function(exercise, fn, reference, cases, mistakes, output_names, a
         return CheckResult(exercise, FAILED, _failure_detail(problem, got, want, args, hint, output_names, atol, rtol,
                                                              where, batch_first, nonfinite_hint, locate),
                            max_error=problem.error)
-    return CheckResult(exercise, PASSED, f"correct on {len(cases)} case(s) (largest error {worst:.1e}).", max_error=worst)
+    # A largest error means something only for floating outputs (not for ids or boolean masks).
+    error = f" (largest error {worst:.1e})" if any_floating else ""
+    return CheckResult(exercise, PASSED, f"correct on {len(cases)} case(s){error}.", max_error=worst if any_floating else None)
 
 
 def _failure_detail(problem: _Problem, got, want, args, hint, names, atol, rtol, where, batch_first=None,

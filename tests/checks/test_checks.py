@@ -726,3 +726,13 @@ def test_value_checker_raises_in_strict_mode_and_prints_one_line(capsys):
 
 def test_status_constants_are_stable():
     assert (PASSED, FAILED, NOT_ATTEMPTED) == ("passed", "failed", "not attempted")
+
+
+def test_a_pass_gives_a_largest_error_only_for_floating_outputs(lenient_checks):
+    from course.checks.core import evaluate_function
+
+    mask = evaluate_function("mask", lambda n: torch.ones(n, n, dtype=torch.bool).tril(),
+                             lambda n: torch.ones(n, n, dtype=torch.bool).tril(), [(3,), (5,)])
+    floats = evaluate_function("double", lambda x: 2 * x, lambda x: x + x, [(torch.randn(3),)])
+    assert mask.passed and "largest error" not in mask.line and mask.max_error is None
+    assert floats.passed and "largest error" in floats.line
