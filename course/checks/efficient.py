@@ -67,6 +67,11 @@ def _update_cases() -> list[tuple]:
     seen = torch.randn(3, 1, 4, generator=g) * 2
     m, l, acc = _state_after(seen, torch.randn(3, 4, 5, generator=g))
     cases.append((m, l, acc, torch.randn(3, 1, 1, generator=g) * 2, torch.randn(3, 1, 5, generator=g)))
+    # The first block again, every score far below 0: a state whose m starts at 0 instead of -inf keeps
+    # m = 0 and underflows exp() to 0 (the -inf start is what lets the first block set the maximum).
+    g = _gen(12)
+    cases.append((torch.full((2, 1), float("-inf")), torch.zeros(2, 1), torch.zeros(2, 3),
+                  torch.randn(2, 5, generator=g) - 150, torch.randn(5, 3, generator=g)))
     return cases
 
 
@@ -139,6 +144,10 @@ def _sum_without_keepdim(m, l, acc, s, v):
 
 
 UPDATE_MISTAKES = [
+    Mistake("the first block's running maximum started at 0 instead of -inf: with every score below 0, m stays 0 "
+            "and exp() underflows; keep m = -inf until a block sets it (torch.maximum(-inf, x) = x)",
+            lambda m, l, acc, s, v: online_softmax_update(torch.where(torch.isinf(m), torch.zeros_like(m), m),
+                                                          l, acc, s, v)),
     Mistake("l and acc are not rescaled: when the maximum rises from m to m_new, multiply both the old sum l and "
             "the old accumulator acc by exp(m - m_new) before adding the new block", _no_rescale),
     Mistake("l is rescaled but acc is not: the accumulator holds exp(score - m) * v terms too, so multiply it by "

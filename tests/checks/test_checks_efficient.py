@@ -121,6 +121,9 @@ WRONG_UPDATES = [
     Wrong("max without keepdim", lambda m, l, acc, s, v: (torch.maximum(m, s.amax(-1)),) * 3, "keepdim=True"),
     Wrong("returned the block max as m", lambda m, l, acc, s, v: (s.amax(-1, keepdim=True),) + tuple(
         online_softmax_update(m, l, acc, s, v)[1:]), "not the running maximum"),
+    # A learner's "guard" against -inf that starts the first block's maximum at 0 (found by a reviewer).
+    Wrong("-inf start replaced by 0", lambda m, l, acc, s, v: online_softmax_update(
+        torch.where(torch.isinf(m), torch.zeros_like(m), m), l, acc, s, v), "started at 0 instead of -inf"),
 ]
 
 RIGHT_UPDATES = [
