@@ -9,7 +9,8 @@ it. PyTorch is chosen for the machine: an existing torch is kept (the venv then 
 packages), a machine with an NVIDIA GPU gets the default CUDA build, and a machine without one
 gets the much smaller CPU build. Later runs reuse the environment unless ``pyproject.toml`` changed.
 
-Other sub-commands: ``setup`` (only set up), ``bench`` (time every lesson against its budget).
+Other sub-commands: ``setup`` (only set up), ``bench`` (time every lesson against its budget;
+``bench --gpt-step``: the course GPT's training step against PyTorch's fused pieces).
 Optional packages: ``COURSE_EXTRAS=triton python3 bootstrap.py test`` also installs Triton (about 1 GB).
 Options given alone go to JupyterLab (``python3 bootstrap.py --port 8890``).
 Extra words after ``test`` go to pytest, e.g. ``python3 bootstrap.py test tests/checks/test_checks.py``.

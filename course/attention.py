@@ -264,6 +264,18 @@ def _heads_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     return mask
 
 
+def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     dropout_p: float) -> torch.Tensor:
+    """What :func:`scaled_dot_product_attention` computes (output only, no weights), by PyTorch's
+    ``torch.nn.functional.scaled_dot_product_attention``: one fused kernel, no [seq_q, seq_k] weights
+    kept for the backward pass. Same mask convention (True = allowed); a row with no allowed key
+    gives 0 there too. ``dropout_p`` drops weights as ``nn.Dropout`` would (0 outside training)."""
+    _check_qkv(q, k, v)
+    if mask is not None:
+        _check_mask(mask, torch.Size((*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])))
+    return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate q/k/v/out projections (batch first).
 
@@ -307,10 +319,13 @@ class MultiHeadAttention(nn.Module):
         v = self.split(self.v_proj(value))   # [batch, heads, seq_k, d_head]
         if cache is not None:                # earlier positions' keys and values first (lesson 11)
             k, v = cache.append(k, v)
+        if not need_weights:                 # the fast path: PyTorch's fused kernel, same result
+            out = _fused_attention(q, k, v, _heads_mask(mask), self.dropout.p if self.training else 0.0)
+            return self.out_proj(self.merge(out))
         out, weights = scaled_dot_product_attention(q, k, v, _heads_mask(mask),
                                                     dropout=self.dropout if self.training else None)
         out = self.out_proj(self.merge(out))  # [batch, seq_q, d_model]
-        return (out, weights) if need_weights else out
+        return out, weights
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, d_head={self.d_head}"

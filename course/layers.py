@@ -288,6 +288,8 @@ class TransformerBlock(nn.Module):
         kept: list[Tensor] = []
 
         def attend(h: Tensor) -> Tensor:
+            if not need_weights:  # the attention's fast path: no weights computed
+                return self.dropout1(self.self_attn(h, h, h, mask=mask, cache=cache))
             out, weights = self.self_attn(h, h, h, mask=mask, need_weights=True, cache=cache)
             kept.append(weights)
             return self.dropout1(out)

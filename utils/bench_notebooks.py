@@ -3,6 +3,7 @@
 
     python3 bootstrap.py bench            # or: .venv/bin/python utils/bench_notebooks.py
     python utils/bench_notebooks.py 03            # one lesson, by number, slug or notebook path
+    python3 bootstrap.py bench --gpt-step  # instead: the course GPT's training step against torch's (utils/bench_gpt_step.py)
 
 Prints one row per lesson and exits 1 if any lesson is over budget or fails. The notebooks on
 disk are not changed. ``--write-readme`` records the measured times in course/lessons.toml and the
@@ -29,7 +30,14 @@ def main() -> int:
     parser.add_argument("lessons", nargs="*", help="notebooks, numbers (12) or slugs; every lesson if none")
     parser.add_argument("--write-readme", action="store_true",
                         help="record the times in course/lessons.toml and README.md")
+    parser.add_argument("--gpt-step", action="store_true",
+                        help="time a training step of the course GPT against torch's fused pieces instead "
+                             "(utils/bench_gpt_step.py; exits 1 over its 1.05 target)")
     args = parser.parse_args()
+    if args.gpt_step:
+        from utils.bench_gpt_step import main as bench_gpt_step
+
+        return bench_gpt_step([])
     times: dict[str, float] = {}
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; budgets from course/lessons.toml")
     print(f"{'lesson':<36}{'seconds':>9}{'budget':>8}  verdict")

@@ -129,7 +129,11 @@ class GPT(nn.Module):
         mask = causal_mask(start + idx.shape[1], device=idx.device)[start:]  # [seq, start + seq]
         weights = []
         for i, block in enumerate(self.blocks):
-            x, w = block(x, mask=mask, need_weights=True, cache=None if caches is None else caches[i])
+            cache = None if caches is None else caches[i]
+            if not need_weights:  # training and generation: the attention's fast path
+                x = block(x, mask=mask, cache=cache)
+                continue
+            x, w = block(x, mask=mask, need_weights=True, cache=cache)
             weights.append(w)
         return (self.final_norm(x), weights) if need_weights else self.final_norm(x)
 

@@ -357,3 +357,60 @@ def test_mha_gradients_match_torch():
     torch.testing.assert_close(grad_in, theirs.in_proj_weight.grad, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ours.out_proj.weight.grad, theirs.out_proj.weight.grad, atol=1e-5, rtol=1e-4)
     assert grad_in.shape == (3 * d, d)
+
+
+# ----------------------------------------------------------------------------- the fast path (no weights asked for)
+
+def _mha_both_paths(mask, seed=0):
+    """The output (and input gradient) of one MultiHeadAttention with and without need_weights."""
+    seed_everything(seed)
+    mha = MultiHeadAttention(32, 4)
+    x = torch.randn(3, 7, 32)
+    results = []
+    for need_weights in (False, True):
+        xi = x.clone().requires_grad_(True)
+        mha.zero_grad()
+        out = mha(xi, xi, xi, mask=mask, need_weights=need_weights)
+        out = out[0] if need_weights else out
+        out.pow(2).sum().backward()
+        results.append((out.detach(), xi.grad, [p.grad.clone() for p in mha.parameters()]))
+    return results
+
+
+@pytest.mark.parametrize("mask", [
+    None,
+    causal_mask(7),
+    padding_mask([7, 4, 1], seq_len=7),
+    padding_mask([7, 4, 0], seq_len=7),                           # a row with no key: 0 on both paths
+    torch.rand(3, 7, 7) > 0.3,                                    # per-example [batch, seq_q, seq_k]
+], ids=["none", "causal", "padding", "empty-row", "per-example"])
+def test_mha_fast_path_equals_the_explicit_path_outputs_and_gradients(mask):
+    (fast, fast_dx, fast_dp), (slow, slow_dx, slow_dp) = _mha_both_paths(mask)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_dx, slow_dx, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast_dp, slow_dp):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_mha_fast_path_rejects_a_bad_mask_as_the_explicit_path_does():
+    mha = MultiHeadAttention(16, 2)
+    x = torch.randn(2, 5, 16)
+    for need_weights in (False, True):
+        with pytest.raises(ValueError, match="torch.bool"):
+            mha(x, x, x, mask=causal_mask(5).float(), need_weights=need_weights)
+        with pytest.raises(ValueError, match="does not broadcast"):
+            mha(x, x, x, mask=causal_mask(4), need_weights=need_weights)
+
+
+def test_mha_fast_path_calls_torchs_fused_attention_only_without_weights(monkeypatch):
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    mha = MultiHeadAttention(16, 2, dropout=0.1).train()
+    x = torch.randn(2, 5, 16)
+    mha(x, x, x, mask=causal_mask(5))
+    assert len(calls) == 1 and calls[0]["dropout_p"] == 0.1
+    mha.eval()(x, x, x)
+    assert calls[1]["dropout_p"] == 0.0
+    mha(x, x, x, need_weights=True)
+    assert len(calls) == 2

@@ -122,3 +122,19 @@ def test_generate_drives_a_hugging_face_model_too(reloaded_gpt2):
     ours = GPT.from_hf_gpt2(reloaded_gpt2)
     prompt = torch.tensor([[1, 2, 3]])
     assert torch.equal(generate(reloaded_gpt2, prompt, 8, greedy=True), generate(ours, prompt, 8, greedy=True))
+
+
+def test_gpt_fast_path_equals_the_explicit_path_in_hidden_states_and_gradients():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, context_length=16, d_model=32, num_heads=4, num_layers=2))
+    idx = torch.randint(50, (3, 12))
+    fast = model.hidden_states(idx)
+    fast.pow(2).mean().backward()  # a mean: gradients of order 1, so atol 1e-5 is a fair bar
+    fast_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    slow, weights = model.hidden_states(idx, need_weights=True)
+    slow.pow(2).mean().backward()
+    assert len(weights) == 2 and weights[0].shape == (3, 4, 12, 12)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    for a, p in zip(fast_grads, model.parameters()):
+        torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-5)

@@ -298,7 +298,8 @@ def test_block_returns_the_attention_weights_it_used_when_asked():
     x = torch.randn(2, 5, 16)
     mask = causal_mask(5)
     out, weights = block(x, mask=mask, need_weights=True)
-    torch.testing.assert_close(out, block(x, mask=mask), atol=0, rtol=0)   # same arithmetic, same numbers
+    # without weights the block takes the fast path (torch's fused attention): equal to float32 rounding
+    torch.testing.assert_close(out, block(x, mask=mask), atol=1e-5, rtol=1e-5)
     h = block.norm1(x)                                                       # pre-norm: attention sees norm1(x)
     _, expected = block.self_attn(h, h, h, mask=mask, need_weights=True)
     torch.testing.assert_close(weights, expected, atol=0, rtol=0)
