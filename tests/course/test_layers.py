@@ -42,10 +42,11 @@ def _randomise(module: nn.Module, scale: float = 0.3) -> nn.Module:
 # ------------------------------------------------------------------------------------ norms
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("eps", [1e-5, 1e-2])
-def test_layer_norm_matches_torch_layernorm_with_the_same_weights(eps):
+def test_layer_norm_matches_torch_layernorm_with_the_same_weights(eps, fused):
     theirs = _randomise(nn.LayerNorm(24, eps=eps))
-    ours = LayerNorm(24, eps=eps)
+    ours = LayerNorm(24, eps=eps, fused=fused)
     ours.load_state_dict(theirs.state_dict())       # same parameter names: weight, bias
     x = torch.randn(3, 7, 24) * 4 + 2
     torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-6)  # float32
@@ -57,6 +58,19 @@ def test_layer_norm_without_bias_matches_torch():
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(5, 16)
     torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-6)  # float32
+
+
+def test_fused_and_formula_layer_norm_agree_in_outputs_and_gradients():
+    fused, formula = _randomise(LayerNorm(32)), LayerNorm(32, fused=False)
+    formula.load_state_dict(fused.state_dict())
+    x = (torch.randn(4, 9, 32) * 3 + 1).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    grad = torch.randn(4, 9, 32)
+    fused(x).backward(grad)
+    formula(x2).backward(grad)
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-5)
+    for (name, p1), p2 in zip(fused.named_parameters(), formula.parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad, atol=1e-4, rtol=1e-5, msg=name)
 
 
 def test_layer_norm_output_has_mean_zero_and_variance_one_before_scaling():
