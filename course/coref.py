@@ -356,8 +356,8 @@ def pretrained_it_leans(encoder: BertEncoder, tokenizer, template: str = "The an
 
 #: the sources whose roads :func:`coref_roads` measures, and the intermediate tokens a two-step road passes
 ROAD_SOURCES = ("right noun", "wrong noun", "adjective")
-ROADS = ("layer 0: 'it' reads it", "layer 1: 'it' reads it", "via the adjective", "via the right noun",
-         "via the wrong noun", "via 'it' itself", "via other tokens")
+ROADS = ("layer 0: it reads the word", "layer 1: it reads the word", "two hops via the adjective",
+         "two hops via the right noun", "two hops via the wrong noun", "two hops via it", "two hops via other tokens")
 
 
 def _role_positions(batch: CorefBatch) -> dict[str, Tensor]:
