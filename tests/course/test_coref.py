@@ -393,3 +393,19 @@ def test_the_explorers_static_figure_is_the_picture_the_widget_shows(small_model
         buffer = io.BytesIO()
         ex.figure().savefig(buffer, format="png", dpi=ex.dpi)
         assert buffer.getvalue() == bytes(ex.image.value)
+
+
+def test_it_sentence_is_the_grammars_sentence_and_names_a_word_it_does_not_know():
+    from course.data.sentences import it_sentence
+
+    for s in it_sentences(40, seed=12, split="all"):
+        verb = " ".join(s.words[2:s.words.index("the", 2)])
+        assert it_sentence(s.animal, s.place, s.adjective, verb) == s
+    with pytest.raises(ValueError, match="'moat' is not a place of the grammar"):
+        it_sentence("fox", "moat", "tired")
+
+
+def test_the_explorers_figure_says_when_there_is_nothing_to_draw(small_model, tokenizer):
+    ex = coref_explorer(small_model, tokenizer, "")
+    with pytest.raises(ValueError, match="give the explorer a sentence first"):
+        ex.figure()
