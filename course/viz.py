@@ -482,24 +482,30 @@ class ModelExplorer:
                       f"({weights[token, top]:.2f}).", ok=True)
         return True
 
-    def _render(self) -> bytes:
+    def figure(self):
+        """The picture the widget shows now, as a matplotlib figure (a static copy: it reads without a kernel,
+        on GitHub or in any notebook viewer). The widget draws with this very function."""
+        if self.attentions is None:
+            raise ValueError("nothing to draw yet: give the explorer a sentence first")
         use_course_style()
         tokens, token = self.tokens, self.token.value
         if self.view.value == "all heads":
-            fig = self._grid()
+            return self._grid()
+        weights, title = self.current()
+        size = min(6.0, 1.8 + 0.3 * len(tokens))
+        if token == ALL_ROWS:
+            fig, ax = plt.subplots(figsize=(size * 1.1, size))
+            attention_heatmap(weights, tokens, ax=ax, title=title, annotate=False)
         else:
-            weights, title = self.current()
-            size = min(6.0, 1.8 + 0.3 * len(tokens))
-            if token == ALL_ROWS:
-                fig, ax = plt.subplots(figsize=(size * 1.1, size))
-                attention_heatmap(weights, tokens, ax=ax, title=title, annotate=False)
-            else:
-                fig, (ax, bars) = plt.subplots(1, 2, figsize=(size * 2.0, size),
-                                               gridspec_kw={"width_ratios": [1.2, 1]})
-                attention_heatmap(weights, tokens, ax=ax, title=title, annotate=False, colorbar=False)
-                _mark_row(ax, token, len(tokens))
-                _row_bars(bars, weights[token], tokens, f"where '{tokens[token]}' looks")
-            fig.tight_layout()
+            fig, (ax, bars) = plt.subplots(1, 2, figsize=(size * 2.0, size), gridspec_kw={"width_ratios": [1.2, 1]})
+            attention_heatmap(weights, tokens, ax=ax, title=title, annotate=False, colorbar=False)
+            _mark_row(ax, token, len(tokens))
+            _row_bars(bars, weights[token], tokens, f"where '{tokens[token]}' looks")
+        fig.tight_layout()
+        return fig
+
+    def _render(self) -> bytes:
+        fig = self.figure()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=self.dpi)
         plt.close(fig)

@@ -1,4 +1,5 @@
-"""Checkers for lesson 10 (seeing attention): attention rollout, the "it" referent share, the best head.
+"""Checkers for lesson 10 (seeing attention): attention rollout, the "it" referent share, the best head, the
+share of the answer that a patch flips.
 
 The boundaries: for the rollout a single layer and a cropped attention map whose rows do not sum to 1
 (the instructions renormalise the rows, which only then matters); for the referent share a tie
@@ -6,7 +7,9 @@ between the right and the wrong noun (a tie is not "more weight"); for the best 
 layers and within a layer (the instructions define the tie rule: lowest layer, then lowest head),
 all scores negative (a search that starts from 0 finds nothing), a single layer and a single head.
 The best head must come back as two Python ints: the checker reads the pair itself, so an index
-that is a float or a tensor gets its own message instead of being cast into a right answer.
+that is a float or a tensor gets its own message instead of being cast into a right answer. For the
+flipped share: a patch that overshoots (a share above 1), one that pushes the answer further toward the
+clean one (below 0), clean differences of either sign, a table [layers, positions] and a 0-dim case.
 """
 from __future__ import annotations
 
@@ -359,3 +362,60 @@ def check_best_head(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(scores [layers, heads]) -> (layer, head)``, two Python ints; on a tie the lowest layer, then
     the lowest head."""
     return report(evaluate_best_head(fn), strict=strict)
+
+
+# ------------------------------------------------------------------------------------ flipped share
+
+def reference_flipped_share(clean, corrupted, patched) -> torch.Tensor:
+    """Elementwise ``(clean - patched) / (clean - corrupted)``: 0 at the clean run, 1 at the corrupted run."""
+    from course.coref import flipped_share
+    return flipped_share(clean, corrupted, patched)
+
+
+_CLIPPED = ("the shares are clipped to [0, 1]: keep values beyond either end (a patch can overshoot, or push the "
+            "answer further toward the clean one)")
+
+FLIP_MISTAKES = [
+    Mistake("the sign is flipped: the share is (clean - patched) / (clean - corrupted), 0 when the patch changes "
+            "nothing and 1 when it gives the corrupted run's difference",
+            lambda c, x, p: (p - c) / (c - x)),
+    Mistake("that is how much of the clean answer is left (1 at the clean run): the share that flipped is 0 at "
+            "the clean run and 1 at the corrupted run", lambda c, x, p: (p - x) / (c - x)),
+    Mistake("divided by the clean difference alone: divide by the whole way from clean to corrupted, "
+            "clean - corrupted", lambda c, x, p: (c - p) / c),
+    Mistake("divided by the corrupted difference alone: divide by the whole way from clean to corrupted, "
+            "clean - corrupted", lambda c, x, p: (c - p) / -x),
+    Mistake(_CLIPPED, lambda c, x, p: ((c - p) / (c - x)).clamp(0, 1)),
+    Mistake("absolute values hide the direction: a patch that pushes toward the clean answer must give a "
+            "negative share; no abs()", lambda c, x, p: (c - p).abs() / (c - x).abs()),
+    Mistake("patched / corrupted is not the share of the way: measure how far the patch moved the answer from "
+            "the clean run, (clean - patched) / (clean - corrupted)", lambda c, x, p: p / x),
+]
+
+
+def _flip_cases() -> list[tuple]:
+    # shares 0.5, 0, 1.2 (overshoot), -0.375 (pushed toward the clean answer), 1 (fully flipped)
+    first = (torch.tensor([4.0, 3.0, 5.0, 2.5, 6.0]), torch.tensor([-6.0, -3.0, -5.0, -1.5, -2.0]),
+             torch.tensor([-1.0, 3.0, -7.0, 4.0, -2.0]))
+    # [layers, positions], the other direction: the clean difference is negative, the corrupted one positive
+    g = torch.Generator().manual_seed(7)
+    clean = -2.0 - torch.rand(3, 5, generator=g) * 4
+    corrupted = 1.0 + torch.rand(3, 5, generator=g) * 4
+    patched = clean + (corrupted - clean) * (torch.rand(3, 5, generator=g) * 1.6 - 0.3)
+    scalar = (torch.tensor(9.5), torch.tensor(-10.25), torch.tensor(3.0))
+    return [first, (clean, corrupted, patched), scalar]
+
+
+def _flip_locate(args, name, got, want) -> str | None:
+    """Wrong only where the share lies outside [0, 1], and there cut to the nearer end: clipped."""
+    wrong = (got - want).abs() > 1e-5
+    outside = (want < 0) | (want > 1)
+    if bool(wrong.any()) and bool((wrong <= outside).all()) and bool(((got[wrong] == 0) | (got[wrong] == 1)).all()):
+        return _CLIPPED
+    return None
+
+
+def check_flipped_share(fn, strict: bool | None = None) -> CheckResult:
+    """Check ``fn(clean, corrupted, patched) -> share`` (elementwise, any shape, same shape as the inputs)."""
+    return check_function("flipped share", fn, reference_flipped_share, _flip_cases(), mistakes=FLIP_MISTAKES,
+                          atol=1e-5, locate=_flip_locate, strict=strict)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ANIMALS", "PLACES", "ANIMAL_ADJECTIVES", "PLACE_ADJECTIVES", "ANIMAL_LABEL", "PLACE_LABEL", "LABEL_NAMES",
-    "ItSentence", "tokenize_words", "split_words", "it_sentences", "is_test_combo", "story_sentences", "stories",
+    "ItSentence", "tokenize_words", "split_words", "it_sentence", "it_sentences", "is_test_combo", "story_sentences", "stories",
     "sentence_corpus", "grammar_vocabulary",
 ]
 
@@ -108,6 +108,18 @@ def _make_it_sentence(animal: str, place: str, adjective: str, verb: str) -> ItS
     referent_index = 1 if label == ANIMAL_LABEL else it_index - 2  # "... the <place> because it"
     assert words[referent_index] == referent
     return ItSentence(text, words, it_index, referent, referent_index, label, animal, place, adjective)
+
+
+def it_sentence(animal: str, place: str, adjective: str, verb: str = "didn't cross") -> ItSentence:
+    """The one "it" sentence with these words: ``"The {animal} {verb} the {place} because it was too {adjective} ."``.
+
+    Two calls that differ only in ``adjective`` give a minimal pair (same length, same positions).
+    """
+    for word, pool, kind in ((animal, ANIMALS, "animal"), (place, PLACES, "place"),
+                             (adjective, ANIMAL_ADJECTIVES + PLACE_ADJECTIVES, "adjective"), (verb, _NEGATED_VERBS, "verb")):
+        if word not in pool:
+            raise ValueError(f"{word!r} is not a {kind} of the grammar; choose from {', '.join(pool)}")
+    return _make_it_sentence(animal, place, adjective, verb)
 
 
 def it_sentences(n: int, seed: int = 0, split: str = "train",

@@ -10,9 +10,11 @@ import torch
 from course.checks.core import NOT_ATTEMPTED
 from course.checks.viz import (
     BEST_HEAD_MISTAKES,
+    FLIP_MISTAKES,
     ROLLOUT_MISTAKES,
     SHARE_MISTAKES,
     check_best_head,
+    check_flipped_share,
     check_referent_share,
     check_rollout,
     reference_referent_share,
@@ -190,10 +192,64 @@ RIGHT_BEST_HEADS = [
 ]
 
 
+# ------------------------------------------------------------------------------------ flipped share
+
+def flip_learner(clean, corrupted, patched, *, towards="corrupted", by="whole", clip=False, absolute=False):
+    """How far the patch moved the logit difference, written step by step the way a learner might."""
+    moved = clean - patched if towards == "corrupted" else patched - clean
+    way = {"whole": clean - corrupted, "clean": clean, "corrupted": corrupted}[by]
+    if absolute:
+        moved, way = moved.abs(), way.abs()
+    share = moved / way
+    return share.clamp(0.0, 1.0) if clip else share
+
+
+def flip_variant(**kwargs):
+    return lambda *a: flip_learner(*a, **kwargs)
+
+
+def flip_loop(clean, corrupted, patched):
+    flat = [(float(c) - float(p)) / (float(c) - float(x))
+            for c, x, p in zip(clean.flatten(), corrupted.flatten(), patched.flatten())]
+    return torch.tensor(flat, dtype=clean.dtype).reshape(clean.shape)
+
+
+WRONG_FLIPS = [
+    Wrong("patched - clean on top", flip_variant(towards="clean"), "the sign is flipped"),
+    Wrong("what is left of the clean answer", lambda c, x, p: (p - x) / (c - x), "how much of the clean answer is left"),
+    Wrong("over the clean difference", flip_variant(by="clean"), "divided by the clean difference alone"),
+    Wrong("over minus the corrupted difference", lambda c, x, p: (c - p) / (-x), "divided by the corrupted difference"),
+    Wrong("clipped", flip_variant(clip=True), "clipped to [0, 1]"),
+    Wrong("clipped below only, with torch.clip", lambda c, x, p: torch.clip((c - p) / (c - x), min=0),
+          "clipped to [0, 1]"),
+    Wrong("clipped above only, with torch.where", lambda c, x, p: torch.where((c - p) / (c - x) > 1, 1.0,
+                                                                               (c - p) / (c - x)), "clipped to [0, 1]"),
+    Wrong("absolute values", flip_variant(absolute=True), "absolute values"),
+    Wrong("the ratio patched / corrupted", lambda c, x, p: p / x, "not the share of the way"),
+    Wrong("the mean over the pairs", lambda c, x, p: ((c - p) / (c - x)).mean(), "shape"),
+    Wrong("a list", lambda c, x, p: ((c - p) / (c - x)).tolist(), "list"),
+    Wrong("forgot return", lambda c, x, p: None, "None"),
+    # holdouts, written after the checker was finished
+    Wrong("over corrupted - clean", lambda c, x, p: (c - p) / (x - c), "the sign is flipped"),
+    Wrong("difference of ratios", lambda c, x, p: 1 - p / c, "divided by the clean difference alone"),
+]
+
+RIGHT_FLIPS = [
+    Right("the formula", lambda c, x, p: (c - p) / (c - x)),
+    Right("both signs turned", lambda c, x, p: (p - c) / (x - c)),
+    Right("one minus what is left", lambda c, x, p: 1 - (p - x) / (c - x)),
+    Right("torch.div in float64, back to float32", lambda c, x, p: torch.div(c.double() - p.double(),
+                                                                             c.double() - x.double()).float()),
+    Right("a loop over the elements", flip_loop),
+    Right("float64 left as it is", lambda c, x, p: (c.double() - p.double()) / (c.double() - x.double())),
+]
+
+
 LIBRARY = {
     check_rollout: (WRONG_ROLLOUTS, RIGHT_ROLLOUTS),
     check_referent_share: (WRONG_SHARES, RIGHT_SHARES),
     check_best_head: (WRONG_BEST_HEADS, RIGHT_BEST_HEADS),
+    check_flipped_share: (WRONG_FLIPS, RIGHT_FLIPS),
 }
 
 
@@ -201,7 +257,9 @@ test_each_wrong_answer_fails_with_its_words, test_each_right_answer_passes = lib
 
 
 @pytest.mark.parametrize("checker, mistakes", [(check_rollout, ROLLOUT_MISTAKES), (check_referent_share, SHARE_MISTAKES),
-                                               (check_best_head, BEST_HEAD_MISTAKES)], ids=["rollout", "share", "best"])
+                                               (check_best_head, BEST_HEAD_MISTAKES),
+                                               (check_flipped_share, FLIP_MISTAKES)],
+                         ids=["rollout", "share", "best", "flip"])
 def test_every_listed_mistake_is_diagnosed_with_its_own_hint(checker, mistakes):
     for mistake in mistakes:
         result = checker(mistake.fn)
@@ -221,5 +279,5 @@ def test_unattempted_exercises_say_so():
     def todo(*args):
         raise NotImplementedError()
 
-    for checker in (check_rollout, check_referent_share, check_best_head):
+    for checker in (check_rollout, check_referent_share, check_best_head, check_flipped_share):
         assert checker(todo).status == NOT_ATTEMPTED
