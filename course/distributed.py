@@ -18,6 +18,7 @@ The training script itself is :mod:`course.dist_train`; ``tests/course/test_dist
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -279,18 +280,15 @@ def gpus_needed(n_params: int, gpu_bytes: int) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 def fit_latency_bandwidth(sizes_bytes: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:
-    """Fit ``time = latency + bytes / bandwidth`` to measured all-reduce times, weighting each point by
-    ``1 / time`` (a relative error, so the small sizes count as much as the large): ``(latency s, bytes/s)``."""
+    """``time = latency + bytes / bandwidth`` through the smallest and the largest measurement (the ends of
+    the range, where each term dominates): ``(latency in s, bandwidth in bytes/s)``."""
     if len(sizes_bytes) != len(seconds) or len(sizes_bytes) < 2:
         raise ValueError("need at least two (size, time) pairs of equal length")
-    s = torch.tensor(sizes_bytes, dtype=torch.float64)
-    t = torch.tensor(seconds, dtype=torch.float64)
-    a = torch.stack([1 / t, s / t], dim=1)
-    solution = torch.linalg.lstsq(a, torch.ones_like(t).unsqueeze(1)).solution.flatten()
-    latency, per_byte = float(solution[0]), float(solution[1])
-    if per_byte <= 0:
-        raise ValueError("the times do not grow with the size: cannot fit a bandwidth")
-    return max(latency, 0.0), 1.0 / per_byte
+    (s0, t0), (s1, t1) = min(zip(sizes_bytes, seconds)), max(zip(sizes_bytes, seconds))
+    if s1 <= s0 or t1 <= t0:
+        raise ValueError("the largest tensor did not take longer than the smallest: cannot fit a bandwidth")
+    bandwidth = (s1 - s0) / (t1 - t0)
+    return max(t0 - s0 / bandwidth, 0.0), bandwidth
 
 
 def bus_bandwidth(n_bytes: float, seconds: float, world_size: int) -> float:
@@ -361,14 +359,50 @@ _NOISE = re.compile(r"^(\s|\[|W\d{4}|I\d{4}|E\d{4}|Traceback|File |During handli
 
 
 def _launcher_reason(stderr: str) -> str:
-    """The most telling line of a failed launcher's output: the last ``SomethingError: ...`` line, else the
-    last line that is not a log prefix or a traceback frame."""
+    """The most telling line of a failed launch's output: a rank's own one-line error (``rank N: ...``), else
+    a command-line error (``...: error: ...``), else the last ``SomethingError: message`` line, else the last
+    line that is not a log prefix or a traceback frame."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Failure)\b:?", ln)]
+    for pattern in (r"^rank \d+: \S", r"\berror: \S"):
+        found = [ln for ln in lines if re.search(pattern, ln)]
+        if found:
+            return found[0]
+    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Failure)\b: \S", ln)]
     if errors:
         return errors[-1]
     plain = [ln for ln in lines if not _NOISE.match(ln)]
     return plain[-1] if plain else "no message"
+
+
+def _run_process_group(argv: list[str], timeout_s: float, env: dict[str, str], cwd: str
+                       ) -> subprocess.CompletedProcess:
+    """Run the launcher in a process group of its own, so that on a timeout it goes together with every rank
+    it started (POSIX; elsewhere the launcher alone is stopped, and it stops its ranks)."""
+    posix = os.name == "posix"
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+                            start_new_session=posix)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        if posix:
+            import signal
+
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.communicate()
+        raise DistributedRunError(f"the run did not finish within {timeout_s:g} s (a rank waiting for another "
+                                  "that never arrives?)") from None
+    except BaseException:  # an interrupted cell: take the ranks down too
+        if posix:
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def _scrub(text: str, folder: str) -> str:
@@ -401,12 +435,7 @@ def launch(modes: Sequence[str] | str, nproc: int = 2, config: RunConfig | None 
     with tempfile.TemporaryDirectory(prefix="course-dist-") as folder:
         argv = [sys.executable, "-m", "torch.distributed.run"] + command[1:] + ["--out", folder]
         start = time.perf_counter()
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
-                                  env=_child_env(threads_per_rank), cwd=folder)
-        except subprocess.TimeoutExpired:
-            raise DistributedRunError(f"the run did not finish within {timeout_s:g} s (a rank waiting for "
-                                      "another that never arrives?)") from None
+        proc = _run_process_group(argv, timeout_s, _child_env(threads_per_rank), folder)
         seconds = time.perf_counter() - start
         ranks: list[dict | None] = []
         for rank in range(nproc):

@@ -119,9 +119,12 @@ def test_gpus_needed_says_when_a_gpu_cannot_hold_one_parameter():
 def test_the_latency_bandwidth_fit_recovers_known_figures():
     sizes = [2.0**k for k in range(8, 25, 2)]
     times = [50e-6 + s / 2e9 for s in sizes]
+    times[3] *= 3                                                # a noisy point in the middle does not move it
     latency, bandwidth = D.fit_latency_bandwidth(sizes, times)
     assert latency == pytest.approx(50e-6, rel=1e-6) and bandwidth == pytest.approx(2e9, rel=1e-6)
     assert D.bus_bandwidth(1e6, 1e-3, 2) == pytest.approx(1e9)   # 2 ranks: 2 * (2 - 1) / 2 = 1x the bytes
+    with pytest.raises(ValueError, match="did not take longer"):
+        D.fit_latency_bandwidth([1e3, 1e6], [2e-3, 1e-3])
 
 
 def test_the_commands_the_lesson_shows_parse_with_torchruns_own_parser():
@@ -142,6 +145,15 @@ def test_the_launchers_last_error_line_is_the_reason():
               '  File "x.py", line 3, in <module>\ntorch.distributed.DistNetworkError: The server socket has failed '
               "to listen on any local network address. port: 29500, useIpv6: 0, code: -98, name: EADDRINUSE\n")
     assert D._launcher_reason(stderr).startswith("torch.distributed.DistNetworkError: The server socket")
+    argparse_error = ("usage: dist_train.py [-h] [--modes ...]\ndist_train.py: error: unrecognized arguments: --bogus\n"
+                      "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n")
+    assert D._launcher_reason(argparse_error) == "dist_train.py: error: unrecognized arguments: --bogus"
+
+
+def test_a_launch_whose_ranks_cannot_start_says_why_in_one_line():
+    with pytest.raises(D.DistributedRunError, match="unrecognized arguments: --bogus") as info:
+        D.launch("ddp", nproc=2, config=D.RunConfig(steps=1), extra=["--bogus"])
+    assert "\n" not in str(info.value)
 
 
 # ----------------------------------------------------------------------------------------------- the launches
@@ -233,6 +245,11 @@ def test_a_rank_that_fails_comes_back_as_one_line_without_a_path():
     assert "rank 0 of 2 failed" in line and "does not split evenly over 2 ranks" in line
     assert "\n" not in line and "/tmp" not in line and "course-dist-" not in line
     assert info.value._render_traceback_() == [f"DistributedRunError: {line}"]
+
+
+def test_a_run_past_its_time_limit_is_stopped_with_its_ranks_and_says_so():
+    with pytest.raises(D.DistributedRunError, match=r"did not finish within 0.5 s"):
+        D.launch("ddp", nproc=2, config=D.RunConfig(steps=1), timeout_s=0.5)
 
 
 def test_launch_refuses_an_unknown_mode_before_starting_anything():
