@@ -349,6 +349,8 @@ def _child_env(threads_per_rank: int) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads_per_rank)
     env.setdefault("PYTHONWARNINGS", "ignore")
+    if os.name == "nt":  # PyTorch's Windows wheels build the rendezvous store without libuv
+        env.setdefault("USE_LIBUV", "0")
     # The ranks must import this very package (a notebook's kernel may have found it on sys.path only).
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
