@@ -198,8 +198,6 @@ class _SimulatedGroup:
             raise TypeError(f"{name}() needs a tensor to work on in place, got {type(tensor).__name__}")
 
     def _collective(self, name: str, tensor, detail):
-        import torch.distributed as dist
-
         rank = self.local.rank
         with self.cond:
             k = self.made[rank]
