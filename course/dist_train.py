@@ -45,7 +45,8 @@ def setup() -> tuple[int, int, torch.device, str]:
     """Join the process group torchrun prepared: ``(rank, world_size, device, backend)``."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available() and torch.cuda.device_count() >= world_size:
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))   # the ranks on this machine
+    if torch.cuda.is_available() and torch.cuda.device_count() >= local_world_size:
         backend, device = "nccl", torch.device("cuda", local_rank)   # one GPU per rank
         torch.cuda.set_device(device)
     else:

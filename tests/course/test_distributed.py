@@ -140,6 +140,25 @@ def test_the_commands_the_lesson_shows_parse_with_torchruns_own_parser():
     assert args.modes == ["ddp", "fsdp"] and config == CONFIG
 
 
+@pytest.mark.parametrize("gpus, local_world, world, backend", [
+    (8, 8, 16, "nccl"),     # two nodes of 8 GPUs, 8 ranks each: every rank has its own GPU
+    (8, 16, 16, "gloo"),    # 16 ranks on one machine of 8 GPUs: not enough
+    (0, 2, 2, "gloo"),      # no GPU
+])
+def test_setup_chooses_nccl_when_every_rank_on_its_machine_has_a_gpu(monkeypatch, gpus, local_world, world, backend):
+    chosen = {}
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(dist, "init_process_group", lambda name, **kw: chosen.setdefault("backend", name))
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda: world)
+    assert dist_train.setup()[3] == backend == chosen["backend"]
+
+
 def test_the_launchers_last_error_line_is_the_reason():
     stderr = ("W0101 12:00:00 torch/distributed/run.py:800] Setting OMP_NUM_THREADS\nTraceback (most recent call last):\n"
               '  File "x.py", line 3, in <module>\ntorch.distributed.DistNetworkError: The server socket has failed '
