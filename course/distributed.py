@@ -22,6 +22,7 @@ import contextlib
 import functools
 import json
 import os
+import statistics
 import re
 import subprocess
 import sys
@@ -279,15 +280,28 @@ def gpus_needed(n_params: int, gpu_bytes: int) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 def fit_latency_bandwidth(sizes_bytes: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:
-    """``time = latency + bytes / bandwidth`` through the smallest and the largest measurement (the ends of
-    the range, where each term dominates): ``(latency in s, bandwidth in bytes/s)``."""
+    """``time = latency + bytes / bandwidth``, fitted so that one slow timing cannot drag the line:
+    ``(latency in s, bandwidth in bytes/s)``.
+
+    The latency is the median time of the (up to) three smallest tensors, where it dominates; the bandwidth
+    is the least-squares slope, through that latency, of the larger half of the sizes, where the bytes
+    dominate, using the median slope's points only (each point's own bandwidth within a factor 2 of the
+    median), so a single outlier at either end moves neither figure.
+    """
     if len(sizes_bytes) != len(seconds) or len(sizes_bytes) < 2:
         raise ValueError("need at least two (size, time) pairs of equal length")
-    (s0, t0), (s1, t1) = min(zip(sizes_bytes, seconds)), max(zip(sizes_bytes, seconds))
-    if s1 <= s0 or t1 <= t0:
-        raise ValueError("the largest tensor did not take longer than the smallest: cannot fit a bandwidth")
-    bandwidth = (s1 - s0) / (t1 - t0)
-    return max(t0 - s0 / bandwidth, 0.0), bandwidth
+    pairs = sorted(zip(sizes_bytes, seconds))
+    smallest, largest = pairs[: min(3, len(pairs) - 1)], pairs[len(pairs) // 2:]
+    inverse = 0.0                                            # 1 / bandwidth, refined below
+    for _ in range(3):                                       # latency and bandwidth, each given the other
+        latency = max(statistics.median(t - s * inverse for s, t in smallest), 0.0)
+        large = [(s, t - latency) for s, t in largest if t > latency and s > pairs[0][0]]
+        if not large:
+            raise ValueError("the largest tensors did not take longer than the smallest: cannot fit a bandwidth")
+        middle = statistics.median(s / dt for s, dt in large)    # each point's own bandwidth, the median
+        kept = [(s, dt) for s, dt in large if middle / 2 <= s / dt <= middle * 2]
+        inverse = sum(s * dt for s, dt in kept) / sum(s * s for s, _ in kept)    # least squares
+    return latency, 1.0 / inverse
 
 
 def bus_bandwidth(n_bytes: float, seconds: float, world_size: int) -> float:
