@@ -171,6 +171,11 @@ def _share_all_pairs(weights, it_pos, right_pos, wrong_pos):
     return (weights[:, it_pos, right_pos] > weights[:, it_pos, wrong_pos]).float().mean()
 
 
+def _share_rows_all_pairs(weights, it_pos, right_pos, wrong_pos):
+    rows = weights[torch.arange(len(it_pos)), it_pos]  # right so far; then every row gets every example's nouns
+    return (rows[:, right_pos] > rows[:, wrong_pos]).float().mean()
+
+
 SHARE_MISTAKES = [
     Mistake("you read a column (who looks at 'it'); the row weights[b, it_pos] says where 'it' looks", _share_column),
     Mistake("compare the right noun with the wrong noun only, not with every token (no argmax over the row)",
@@ -182,6 +187,8 @@ SHARE_MISTAKES = [
             lambda *a: _share_compare(*a, torch.lt)),
     Mistake("paired every example with every example's positions: weights[:, it_pos, right_pos] is [b, b]; index "
             "the batch too, weights[torch.arange(b), it_pos, right_pos]", _share_all_pairs),
+    Mistake("rows[:, right_pos] gives every row every example's noun positions ([b, b]): take one per example, "
+            "rows[torch.arange(b), right_pos]", _share_rows_all_pairs),
 ]
 
 SHARE_BOOL_MEAN = ("could not infer output dtype", "the comparison gives booleans: turn them into numbers before the "

@@ -122,6 +122,8 @@ WRONG_SHARES = [
     Wrong("compared the wrong way", share_variant(compare=lambda r, w: r < w), "compared the wrong way"),
     Wrong("pairs across the batch", lambda w, i, r, x: (w[:, i, r] > w[:, i, x]).float().mean(),
           "paired every example"),
+    Wrong("rows, then every example's nouns", lambda w, i, r, x: (w[torch.arange(len(i)), i][:, r]
+          > w[torch.arange(len(i)), i][:, x]).float().mean(), "take one per example"),
     Wrong("mean of booleans", lambda w, i, r, x: (w[torch.arange(len(i)), i, r] > w[torch.arange(len(i)), i, x]).mean(),
           ".float().mean()"),
     Wrong("a Python float", lambda *a: float(reference_referent_share(*a)), "torch.Tensor"),
