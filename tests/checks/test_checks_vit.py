@@ -71,8 +71,8 @@ WRONG_PATCHIFY = [
     Wrong("unfold, not transposed", lambda x, p: F.unfold(x, p, stride=p), "transpose its last two axes"),
     Wrong("stride 1", lambda x, p: F.unfold(x, p).transpose(1, 2), "overlap"),
     Wrong("returns None", lambda x, p: None, "None"),
-    Wrong("square images only", patchify_square_only, None),                 # holdout
-    Wrong("a list of patches", lambda x, p: list(patchify_loops(x, p).unbind(1)), None),  # holdout
+    Wrong("square images only", patchify_square_only, "expected (2, 6, 12)"),   # holdout
+    Wrong("a list of patches", lambda x, p: list(patchify_loops(x, p).unbind(1)), "torch.Tensor"),  # holdout
 ]
 RIGHT_PATCHIFY = [
     Right("loops over the grid", patchify_loops),
