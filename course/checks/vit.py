@@ -130,9 +130,11 @@ def check_class_token(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(patch_embeddings [b, n, d], cls_token [1, 1, d], pos_embedding [1, n+1, d]) -> [b, n+1, d]``."""
     return check_function("class token and positions", fn, add_class_token_and_positions, _cls_cases(),
                           mistakes=CLS_MISTAKES, atol=1e-6, strict=strict,
-                          exception_hints=[("Sizes of tensors must match", "the class token is [1, 1, d]: "
-                                            "expand it to [b, 1, d] (cls_token.expand(b, -1, -1)) before "
-                                            "concatenating it with the patches")])
+                          exception_hints=[("Sizes of tensors must match except in dimension 1",
+                                            "the class token is [1, 1, d]: expand it to [b, 1, d] "
+                                            "(cls_token.expand(b, -1, -1)) before concatenating it with the patches"),
+                                           ("Sizes of tensors must match", "concatenate along the token axis "
+                                            "(dim=1): the class token becomes token 0 of each image")])
 
 
 # ------------------------------------------------------------------------------------ rollout over patches
@@ -177,6 +179,14 @@ def _patch_rollout_wrong_order(attentions, grid):
     return _grid_map(result[0, 1:], grid)
 
 
+def _patch_rollout_last_patch_dropped(attentions, grid):
+    return _grid_map(_rollout_row(attentions)[0, :-1], grid)
+
+
+def _patch_rollout_softmax(attentions, grid):
+    return _rollout_row(attentions)[0, 1:].softmax(-1).reshape(grid)
+
+
 def _patch_rollout_first_patch_dropped(attentions, grid):
     row = _rollout_row(attentions)[0]
     return _grid_map(torch.cat([row[2:], row[:1]]), grid)
@@ -194,6 +204,10 @@ PATCH_ROLLOUT_MISTAKES = [
     Mistake("that is the last layer's attention alone: roll out through every layer", _patch_rollout_last_layer),
     Mistake("the layers are multiplied in the wrong order: the later layer goes on the left", _patch_rollout_wrong_order),
     Mistake("off by one: column 0 is the class token; the patches are columns 1..n", _patch_rollout_first_patch_dropped),
+    Mistake("off by one: [0, :-1] keeps the class token's own column and drops the last patch; the patches are "
+            "columns 1..n, rollout[0, 1:]", _patch_rollout_last_patch_dropped),
+    Mistake("renormalise by dividing by the sum, not with softmax: softmax exponentiates the weights and "
+            "flattens the map", _patch_rollout_softmax),
 ]
 
 

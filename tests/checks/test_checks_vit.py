@@ -111,6 +111,7 @@ WRONG_CLS = [
     Wrong("forgot the positions", lambda x, c, p: torch.cat([c.repeat(len(x), 1, 1), x], 1), "positions are missing"),
     Wrong("adds the class token", lambda x, c, p: x + c + p[:, 1:], "ADDED"),
     Wrong("cat without expanding", lambda x, c, p: torch.cat([c, x], 1) + p, "expand it"),
+    Wrong("cat along the features", lambda x, c, p: torch.cat([c.expand(len(x), -1, -1), x], -1) + p, "dim=1"),
     Wrong("class token with the position of patch 1",
           lambda x, c, p: torch.cat([c.repeat(len(x), 1, 1) + p[:, 1:2], x + p[:, 1:]], 1), None),   # holdout
     Wrong("only the first image", lambda x, c, p: (torch.cat([c, x[:1]], 1) + p).expand(len(x), -1, -1), None),  # holdout
@@ -130,6 +131,16 @@ def rollout_learner(attentions, grid):
         result = a @ result
     row = result[0, 1:]
     return (row / row.sum()).reshape(grid)
+
+
+def rollout_learner_row(attentions):
+    """The class token's whole row of the rollout, [n + 1] (its own column included)."""
+    n = attentions.shape[-1]
+    result = torch.eye(n)
+    for layer in attentions:
+        a = (layer.mean(0) + torch.eye(n)) / 2
+        result = (a / a.sum(-1, keepdim=True)) @ result
+    return result[0]
 
 
 def rollout_float64(attentions, grid):
@@ -182,6 +193,9 @@ WRONG_ROLLOUTS = [
     Wrong("last layer only", rollout_variant(last_only=True), "last layer's attention alone"),
     Wrong("later layer on the right", rollout_variant(later_right=True), "wrong order"),
     Wrong("kept the class token", rollout_variant(keep_cls=True), "shape"),
+    Wrong("class token's column kept, last patch dropped",
+          lambda a, g: rollout_learner_row(a)[:-1].div(rollout_learner_row(a)[:-1].sum()).reshape(g), "[0, :-1]"),
+    Wrong("softmax to renormalise", lambda a, g: rollout_learner_row(a)[1:].softmax(-1).reshape(g), "softmax"),
     Wrong("max over heads", lambda a, g: rollout_learner(a.max(1, keepdim=True).values.expand_as(a), g), None),  # holdout
 ]
 RIGHT_ROLLOUTS = [Right("a loop", rollout_learner), Right("float64 inside", rollout_float64),
