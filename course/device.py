@@ -72,7 +72,8 @@ def describe_device(device: torch.device | str | None = None) -> str:
     elif device.type == "mps":
         name = "Apple GPU via Metal"
     else:
-        name = f"{torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        name = f"{threads} thread{'' if threads == 1 else 's'}"
     text = f"{device.type} ({name})\n{_WHAT_IT_MEANS.get(device.type, '')}".rstrip()
     capability = cuda_capability(device) if device.type == "cuda" else None
     if capability is not None and capability < BF16_CAPABILITY:
