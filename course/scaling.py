@@ -195,14 +195,17 @@ def fit_loglinear(x, loss, E: float = 0.0) -> tuple[float, float]:
     return math.exp(intercept), -slope
 
 
-def _grid_fits(u: Tensor, y: Tensor, grid: int, rounds: int, top: Tensor) -> Tensor:
+def _grid_fits(u: Tensor, y: Tensor, grid: int, rounds: int, top: Tensor, E: float | None = None) -> Tensor:
     """Batched search over E: ``u [n]`` (log sizes), ``y [S, n]`` (S sets of losses), ``top [S]`` (E stays
     below it) -> ``[S, 3]`` rows of (E, A, alpha). For every candidate E, the line of ``log(y - E)`` on ``u``
     by least squares; the candidate whose curve has the smallest squared error of ``log y`` wins; then a
-    finer grid around the winner, ``rounds`` times in all."""
+    finer grid around the winner, ``rounds`` times in all. A given ``E`` is the only candidate."""
     du = u - u.mean()
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
-    lo, hi = torch.zeros_like(top), top * (1 - 1e-9)
+    if E is None:
+        lo, hi = torch.zeros_like(top), top * (1 - 1e-9)
+    else:
+        lo, hi, top = torch.full_like(top, E), torch.full_like(top, E), torch.full_like(top, E / (1 - 1e-9))
     log_y = y.log()[:, None, :]                                             # [S, 1, n]
     for _ in range(max(1, rounds)):
         E = lo[:, None] + (hi - lo)[:, None] * t                             # [S, G]
@@ -219,17 +222,20 @@ def _grid_fits(u: Tensor, y: Tensor, grid: int, rounds: int, top: Tensor) -> Ten
     return torch.stack([e_best, a_best, -s_best], dim=1)
 
 
-def fit_power_law(x, loss, grid: int = 200, rounds: int = 3) -> PowerLaw:
+def fit_power_law(x, loss, grid: int = 200, rounds: int = 3, E: float | None = None) -> PowerLaw:
     """Fit ``L(x) = E + A / x^alpha`` to the points, by the squared error of ``log L``.
 
     For a fixed E the model is a straight line in log-log space (:func:`fit_loglinear`), so the search is
     only over E: ``grid`` values from 0 to just below the smallest loss, the one whose curve fits best,
     then ``rounds - 1`` finer grids around it. (For each E the line is the least-squares one for
     ``log(L - E)``, a hair off the best for ``log L``; tests/course/test_scaling.py bounds the difference.)
-    Needs at least 3 points (three parameters), all positive and finite.
+    Needs at least 3 points (three parameters), all positive and finite. ``E`` given (e.g. 0 for Kaplan et
+    al.'s pure power law ``A / x^alpha``): only A and alpha are fitted, from at least 2 points.
     """
-    xt, yt = _as_points(x, loss, ("sizes", "losses"), 3)
-    E, A, alpha = _grid_fits(xt.log(), yt[None], grid, rounds, yt.min()[None])[0].tolist()
+    xt, yt = _as_points(x, loss, ("sizes", "losses"), 3 if E is None else 2)
+    if E is not None and not 0 <= E < float(yt.min()):
+        raise ValueError(f"E = {E:g} must lie in [0, smallest loss = {float(yt.min()):g})")
+    E, A, alpha = _grid_fits(xt.log(), yt[None], grid, rounds, yt.min()[None], E)[0].tolist()
     return PowerLaw(E, A, alpha)
 
 
@@ -265,19 +271,21 @@ def bootstrap_power_law(x, loss, samples: int = 200, seed: int = 0, **fit_option
     fit again. The spread of the refitted exponents is the uncertainty the scatter of these few points
     allows. (Resampling whole points instead would often leave fewer than three distinct sizes.)
     """
-    xt, yt = _as_points(x, loss, ("sizes", "losses"), 3)
+    fixed = fit_options.get("E")
+    xt, yt = _as_points(x, loss, ("sizes", "losses"), 3 if fixed is None else 2)
     if samples < 2:
         raise ValueError(f"a bootstrap needs at least 2 resamples, got {samples}")
     fit = fit_power_law(xt, yt, **fit_options)
     pred = fit(xt)
     residuals = yt.log() - pred.log()
     n = xt.numel()
-    scale = math.sqrt(n / (n - 3)) if n > 3 else 1.0     # residuals of a 3-parameter fit run small
+    free = 3 if fixed is None else 2
+    scale = math.sqrt(n / (n - free)) if n > free else 1.0   # residuals of a fit run smaller than the noise
     g = torch.Generator().manual_seed(seed)
     picks = torch.randint(0, n, (samples, n), generator=g)
     resampled = pred * (scale * residuals[picks]).exp()                     # [samples, n]
     rows = _grid_fits(xt.log(), resampled, fit_options.get("grid", 200), fit_options.get("rounds", 3),
-                      resampled.min(-1).values)
+                      resampled.min(-1).values, fixed)
     out = [PowerLaw(*row) for row in rows.tolist()]
     return BootstrapFit(fit, out)
 

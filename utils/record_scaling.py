@@ -11,10 +11,10 @@ live sweep uses, so the lesson can put its live points beside these:
 1. the parameter sweep: ``RECORDED_SIZES`` (7 GPTs, 3.3k to 234k non-embedding parameters), each trained on
    the same number of tokens;
 2. the data sweep: one size (L1-d32) at five token budgets, 0.25x to 4x the sweep's;
-3. an IsoFLOP profile: six sizes, each trained for as many tokens as the budget ``6 N D`` of L2-d32 in
+3. an IsoFLOP profile: the seven sizes, each trained for as many tokens as the budget ``6 N D`` of L2-d32 in
    the parameter sweep allows it;
 4. the emergence sweep: ``EMERGENCE_SIZES`` (one-layer GPTs of widths 16 to 96) on two-digit addition,
-   two seeds each.
+   three seeds each.
 
 A run that two sections share (same size, same steps) is trained once. The JSON keeps the machine, the
 date, the command, the duration, the load average and torch's version; it is written after every run
@@ -28,6 +28,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from dataclasses import asdict, replace
@@ -42,8 +43,9 @@ from course import scaling as sc  # noqa: E402
 DATA_SIZE = sc.Size(1, 32)
 DATA_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 ISOFLOP_ANCHOR = sc.Size(2, 32)
-ISOFLOP_SIZES = (sc.Size(1, 24), sc.Size(1, 32), sc.Size(2, 32), sc.Size(2, 48), sc.Size(2, 64), sc.Size(3, 80))
-EMERGENCE_SEEDS = (0, 1)
+ISOFLOP_SIZES = (sc.Size(1, 16), sc.Size(1, 24), sc.Size(1, 32), sc.Size(2, 32), sc.Size(2, 48), sc.Size(2, 64),
+                 sc.Size(3, 80))
+EMERGENCE_SEEDS = (0, 1, 2)
 
 
 def cpu_name() -> str:
@@ -72,7 +74,7 @@ def plan(quick: bool = False) -> dict:
     data = [(DATA_SIZE, max(1, round(lm.steps * f))) for f in (DATA_FACTORS[1:4] if quick else DATA_FACTORS)]
     anchor_n = sc.non_embedding_formula(ISOFLOP_ANCHOR.num_layers, ISOFLOP_ANCHOR.d_model)
     budget = sc.six_n_d(anchor_n, lm.tokens())
-    iso_sizes = ISOFLOP_SIZES[:3] if quick else ISOFLOP_SIZES
+    iso_sizes = ISOFLOP_SIZES[1:4] if quick else ISOFLOP_SIZES
     isoflop = [(s, lm.steps_for(budget / (6 * sc.non_embedding_formula(s.num_layers, s.d_model)))) for s in iso_sizes]
     emergence = [(s, seed) for s in (sc.EMERGENCE_SIZES[:2] if quick else sc.EMERGENCE_SIZES)
                  for seed in (EMERGENCE_SEEDS[:1] if quick else EMERGENCE_SEEDS)]
@@ -134,6 +136,10 @@ def record(out: Path, quick: bool = False, command: str = "python utils/record_s
     return 0
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=sc.REFERENCE_FILE)
@@ -148,10 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and args.out.resolve() == sc.REFERENCE_FILE.resolve():
         print("--quick writes a test file, not the reference: give --out")
         return 2
+    signal.signal(signal.SIGTERM, _stop)      # a `kill` is an interruption too: the file says so
     command = "python utils/record_scaling.py" + ("" if argv is None else "".join(f" {a}" for a in argv))
     if argv is None:
         command += "".join(f" {a}" for a in sys.argv[1:])
-    return record(args.out, args.quick, command)
+    previous = signal.signal(signal.SIGTERM, _stop)    # a `kill` is an interruption too: the file says so
+    try:
+        return record(args.out, args.quick, command)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
