@@ -12,7 +12,6 @@ prediction is wrong, and (last) ``-100`` at padded targets, as a real batch has 
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -260,14 +259,15 @@ METRICS_MISTAKES = [
 ]
 
 
+_MINUS_100 = ("the padded targets hold -100 (the ignore index), not a token id: replace them before gather, "
+              "targets.masked_fill(~mask, 0)")
+
+
 def check_answer_metrics(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(logits [n, t, vocab], targets [n, t], mask [n, t]) -> (exact, per_token, log_likelihood)``,
     three 0-d tensors (see :func:`course.scaling.answer_metrics`)."""
     return check_function("answer_metrics", fn, answer_metrics, _metrics_cases(), mistakes=METRICS_MISTAKES,
                           output_names=("exact match", "per-token accuracy", "log-likelihood"), atol=1e-5, rtol=1e-4,
                           convert=_to_tensors,
-                          exception_hints=[("out of bounds", "the padded targets hold -100 (the ignore index), not a "
-                                            "token id: replace them before gather, targets.masked_fill(~mask, 0)"),
-                                           ("index -100", "the padded targets hold -100 (the ignore index), not a "
-                                            "token id: replace them before gather, targets.masked_fill(~mask, 0)")],
+                          exception_hints=[(text, _MINUS_100) for text in ("out of bounds", "index -100")],
                           strict=strict)
