@@ -39,6 +39,8 @@ def _logits(i, t, s, normalise=True, scale="exp-clamped"):
         factor = s.exp()
     elif scale == "raw":
         factor = s
+    elif scale == "none":
+        factor = 1.0
     else:
         factor = 1 / s.exp().clamp(max=MAX_LOGIT_SCALE)
     return factor * i @ t.T
@@ -54,6 +56,9 @@ CLIP_LOSS_MISTAKES = [
             lambda i, t, s: _both(_logits(i, t, s, normalise=False))),
     Mistake("the scale is exp(logit_scale): logit_scale is its log (CLIP learns the log so the scale stays positive)",
             lambda i, t, s: _both(_logits(i, t, s, scale="raw"))),
+    Mistake("the cosine similarities are not scaled: multiply them by exp(logit_scale), clamped at 100, before the "
+            "cross-entropy (cosines in [-1, 1] are too flat for a confident softmax)",
+            lambda i, t, s: _both(_logits(i, t, s, scale="none"))),
     Mistake("divided by the scale: MULTIPLY the similarities by exp(logit_scale) (= 1 / temperature)",
             lambda i, t, s: _both(_logits(i, t, s, scale="inverse"))),
     Mistake("the scale is not clamped: use exp(logit_scale).clamp(max=100), so the logits are never scaled by more than 100",
@@ -142,6 +147,8 @@ def _rank(similarity, compare=torch.gt):
 RECALL_MISTAKES = [
     Mistake("a tie with the right item is counted against it: count only the items scored strictly HIGHER (>)",
             lambda s, k: (_rank(s, torch.ge) < k).float().mean()),
+    Mistake("the right item is counted as beating itself: with >= it is its own rival; count only the items scored "
+            "strictly HIGHER (>)", lambda s, k: ((s >= s.diag()[:, None]).sum(-1) < k).float().mean()),
     Mistake("off by one: the right item is found when fewer than k items beat it (rank < k), not rank <= k",
             lambda s, k: (_rank(s) <= k).float().mean()),
     Mistake("return the share of queries found (a mean between 0 and 1), not their number",

@@ -24,6 +24,8 @@ def loss_learner(image_features, text_features, logit_scale, *, normalise=True, 
             s = torch.clamp(s, max=100)
     elif scale == "raw":
         s = logit_scale
+    elif scale == "none":
+        s = 1.0
     else:
         s = 1 / torch.clamp(logit_scale.exp(), max=100)
     logits = s * image_features @ text_features.t()
@@ -54,6 +56,7 @@ def loss_variant(**kw):
 WRONG_LOSSES = [
     Wrong("no normalisation", loss_variant(normalise=False), "not normalised"),
     Wrong("scale used as it is", loss_variant(scale="raw"), "exp(logit_scale)"),
+    Wrong("similarities not scaled", loss_variant(scale="none"), "not scaled"),
     Wrong("divides by the scale", loss_variant(scale="inverse"), "MULTIPLY"),
     Wrong("no clamp", loss_variant(clamp=False), "clamp"),
     Wrong("image -> text only", loss_variant(directions="images"), "only image -> text"),
@@ -153,6 +156,8 @@ def recall_topk(similarity, k):  # torch.topk breaks ties its own way: a tie may
 
 WRONG_RECALL = [
     Wrong("ties against", recall_variant(ties_against=True), "strictly HIGHER"),
+    Wrong("the right item counts itself (>=)", lambda s, k: ((s >= s.diagonal().unsqueeze(1)).sum(1) < k).float().mean(),
+          "beating itself"),
     Wrong("rank <= k", recall_variant(leq=True), "off by one"),
     Wrong("a count", recall_variant(count=True), "not their number"),
     Wrong("down the columns", recall_variant(columns=True), "ROW is a query"),
