@@ -575,12 +575,12 @@ def lsh_attention(x: Tensor, v: Tensor, n_buckets: int, chunk_size: int, n_round
     for r in range(rounds):
         order = rank[:, r].argsort(dim=-1)                                 # sorted place -> token
         valid = torch.arange(chunks * m, device=x.device) < n              # the last chunk may be short
-        order = torch.nn.functional.pad(order, (0, chunks * m - n))        # padding points at token 0 ...
+        order = torch.nn.functional.pad(order, (0, chunks * m - n))        # padding places point at token 0,
         q_idx = order.view(batch, chunks, m)                               # [B, C, m]
         q_ok = valid.view(1, chunks, m).expand(batch, -1, -1)
         k_idx = torch.cat([torch.roll(q_idx, 1, dims=1), q_idx], dim=-1)   # [B, C, 2m]: chunk before, own
         k_ok = torch.cat([torch.roll(q_ok, 1, dims=1), q_ok], dim=-1).clone()
-        k_ok[:, 0, :m] = False                                             # ... and is never a key; chunk 0 has none before
+        k_ok[:, 0, :m] = False                                             # never used as keys; nothing before chunk 0
         scores = (per_token(xf, q_idx) @ per_token(keys, k_idx).transpose(-2, -1)).float() / math.sqrt(d)
         allowed = k_ok[:, :, None, :].expand_as(scores)                    # [B, C, m, 2m]
         met = torch.zeros_like(scores)             # in how many rounds each pair meets
