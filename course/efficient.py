@@ -4,14 +4,21 @@
 - :func:`attention_flops`: the floating-point operations attention does, to turn times into TFLOP/s.
 - :func:`online_softmax` and :func:`online_softmax_update`: softmax in one streaming pass over blocks,
   keeping only a running maximum ``m`` and a running sum ``l`` (the idea behind FlashAttention).
-- :func:`flash_attention_torch`: tiled attention in plain PyTorch that never forms the n x n matrix.
+- :func:`flash_attention_torch`: tiled attention in plain PyTorch that never forms the n x n matrix;
+  :func:`tile_grid` says which (query tile, key tile) pairs it computes, masks or skips under a causal mask.
 - :func:`naive_attention_bytes`, :func:`tiled_attention_bytes` and :class:`TensorMemoryTracker`:
   what each algorithm keeps in memory, counted and measured.
-- Sparse patterns as masks: :func:`sliding_window_mask` (Longformer), :func:`bigbird_mask` (BigBird),
-  :func:`lsh_buckets` / :func:`lsh_mask` (Reformer), with :func:`mask_density` as their cost.
+- :func:`count_ops`: how many PyTorch operations a function dispatches (why a Python tile loop is slow).
+- Sparse patterns as masks: :func:`sliding_window_mask`, :func:`longformer_mask` (window + global tokens),
+  :func:`bigbird_mask` (BigBird), :func:`lsh_buckets` / :func:`lsh_mask` (Reformer), with
+  :func:`mask_density` as their cost; :func:`sliding_window_attention` computes only the band.
+- Reformer's LSH attention: :func:`lsh_attention` (shared query/key, hash, sort by bucket, attend within
+  chunks and one chunk back, several hash rounds) and :func:`lsh_chunk_mask`, the same pairs as a dense
+  mask; :func:`top_mass_pairs`, :func:`catch_rate` and :func:`shuffled_buckets` measure whether the
+  buckets catch the pairs that carry the attention; :func:`clustered_vectors` makes data with structure.
 - :class:`KVCache` and :func:`greedy_decode`: autoregressive decoding that reuses the keys and values
   of earlier tokens instead of recomputing them (the course's GPT takes one cache per block:
-  ``model(new_ids, caches=caches)``).
+  ``model(new_ids, caches=caches)``); :func:`decode_step_times` times each generated token.
 
 Shapes follow the course's conventions: ``[batch, heads, seq, d_head]``; masks are boolean with
 True where attention is allowed.
@@ -32,9 +39,12 @@ from .utils import shape_of
 __all__ = [
     "naive_attention", "attention_flops", "online_softmax_stats", "online_softmax",
     "online_softmax_update", "init_online_state", "tiled_attention_keys", "flash_attention_torch",
-    "naive_attention_bytes", "tiled_attention_bytes", "TensorMemoryTracker", "measure_peak_bytes",
-    "sliding_window_mask", "bigbird_mask", "lsh_buckets", "lsh_mask", "mask_density",
-    "kv_append", "KVCache", "greedy_decode", "fit_power_law",
+    "TILE_SKIPPED", "TILE_PARTIAL", "TILE_FULL", "tile_grid",
+    "naive_attention_bytes", "tiled_attention_bytes", "TensorMemoryTracker", "measure_peak_bytes", "count_ops",
+    "sliding_window_mask", "longformer_mask", "bigbird_mask", "sliding_window_attention",
+    "lsh_buckets", "lsh_mask", "mask_density", "lsh_chunk_mask", "lsh_attention", "shuffled_buckets",
+    "top_mass_pairs", "catch_rate", "clustered_vectors",
+    "kv_append", "KVCache", "greedy_decode", "decode_step_times", "fit_power_law",
 ]
 
 
@@ -181,14 +191,45 @@ def tiled_attention_keys(q: Tensor, k: Tensor, v: Tensor, block_size: int) -> Te
     return (acc / l).to(q.dtype)
 
 
+TILE_SKIPPED, TILE_PARTIAL, TILE_FULL = 0, 1, 2
+
+
+def tile_grid(n_q: int, n_k: int, block_size: int, block_size_k: int | None = None,
+              causal: bool = True) -> Tensor:
+    """What :func:`flash_attention_torch` does with each (query tile, key tile): long [T_q, T_k].
+
+    ``TILE_FULL`` (2): every pair of the tile is allowed, computed without a mask; ``TILE_PARTIAL`` (1):
+    the tile crosses the causal diagonal (top-left aligned: query i sees keys 0..i), computed and then
+    masked; ``TILE_SKIPPED`` (0): every pair lies above the diagonal, never computed. Without
+    ``causal`` every tile is full. T_q = ceil(n_q / block_size), T_k = ceil(n_k / block_size_k).
+    """
+    for name, value in (("n_q", n_q), ("n_k", n_k), ("block_size", block_size),
+                        ("block_size_k", block_size if block_size_k is None else block_size_k)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    bk = block_size_k or block_size
+    q_first = torch.arange(0, n_q, block_size)                       # first query of each tile
+    q_last = torch.clamp(q_first + block_size, max=n_q) - 1
+    k_first = torch.arange(0, n_k, bk)
+    k_last = torch.clamp(k_first + bk, max=n_k) - 1
+    grid = torch.full((len(q_first), len(k_first)), TILE_FULL, dtype=torch.long)
+    if causal:
+        grid[k_last[None, :] > q_first[:, None]] = TILE_PARTIAL      # some key after some query
+        grid[k_first[None, :] > q_last[:, None]] = TILE_SKIPPED      # every key after every query
+    return grid
+
+
 def flash_attention_torch(q: Tensor, k: Tensor, v: Tensor, block_size: int = 64, causal: bool = False,
-                          scale: float | None = None, block_size_k: int | None = None) -> Tensor:
+                          scale: float | None = None, block_size_k: int | None = None,
+                          tile_log: list | None = None) -> Tensor:
     """FlashAttention's forward pass in plain PyTorch: tiles of queries against tiles of keys.
 
     q: [..., n_q, d], k: [..., n_k, d], v: [..., n_k, d_v] -> [..., n_q, d_v].
     The largest temporary is one tile of scores [..., block_size, block_size_k]; the n_q x n_k
     matrix is never formed. Statistics and accumulator are kept in float32. ``causal=True`` is
-    top-left aligned (query i sees keys 0..i) and skips the tiles wholly above the diagonal.
+    top-left aligned (query i sees keys 0..i): the tiles wholly above the diagonal are skipped and
+    only the tiles crossing it are masked, as :func:`tile_grid` lays out. ``tile_log``, a list, gets
+    one ``(query tile, key tile)`` pair per tile computed.
     """
     _check_qkv(q, k, v)
     if block_size < 1 or (block_size_k is not None and block_size_k < 1):
@@ -196,20 +237,24 @@ def flash_attention_torch(q: Tensor, k: Tensor, v: Tensor, block_size: int = 64,
     bk = block_size_k or block_size
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     n_q, n_k = q.shape[-2], k.shape[-2]
+    grid = tile_grid(n_q, n_k, block_size, bk, causal).tolist()
     out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
-    for qs in range(0, n_q, block_size):
+    for ti, qs in enumerate(range(0, n_q, block_size)):
         q_tile = q[..., qs:qs + block_size, :]
         rows = q_tile.shape[-2]
         m, l, acc = init_online_state(q_tile, v.shape[-1])
-        k_end = min(n_k, qs + rows) if causal else n_k        # keys after the last query are all masked
-        for ks in range(0, k_end, bk):
+        for tj, ks in enumerate(range(0, n_k, bk)):
+            if grid[ti][tj] == TILE_SKIPPED:                  # every key here comes after every query
+                continue
             s = (q_tile @ k[..., ks:ks + bk, :].transpose(-2, -1)).float() * scale
-            if causal and ks + s.shape[-1] - 1 > qs:         # the tile crosses the diagonal
+            if grid[ti][tj] == TILE_PARTIAL:                  # the tile crosses the diagonal
                 qi = torch.arange(qs, qs + rows, device=q.device)[:, None]
                 kj = torch.arange(ks, ks + s.shape[-1], device=q.device)[None, :]
                 s = s.masked_fill(kj > qi, float("-inf"))
             m, l, acc = online_softmax_update(m, l, acc, s, v[..., ks:ks + bk, :].float())
-        # Rows with no allowed key (only when n_q > n_k is impossible here) would give 0/0: guard anyway.
+            if tile_log is not None:
+                tile_log.append((ti, tj))
+        # Every query sees key 0 at least, so l > 0; the clamp only guards against a 0/0 anyway.
         out[..., qs:qs + rows, :] = (acc / l.clamp_min(torch.finfo(torch.float32).tiny)).to(q.dtype)
     return out
 
@@ -306,6 +351,25 @@ def measure_peak_bytes(fn: Callable[[], object]) -> int:
     return tracker.peak_bytes
 
 
+class _OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable[[], object]) -> int:
+    """How many PyTorch operations ``fn()`` dispatches. Each pays a fixed cost in Python and the
+    dispatcher, whatever the size of its tensors; on a GPU most of them (not views such as slices or
+    transposes) also launch a kernel of their own."""
+    with _OpCounter() as counter:
+        fn()
+    return counter.count
+
+
 # ---------------------------------------------------------------------------------------------
 # Sparse attention patterns
 # ---------------------------------------------------------------------------------------------
@@ -329,23 +393,75 @@ def sliding_window_mask(n: int, w: int, device: torch.device | str | None = None
     return (i[:, None] - i[None, :]).abs() <= w
 
 
+def longformer_mask(n: int, w: int, global_tokens=(0,)) -> Tensor:
+    """Longformer's pattern: bool [n, n] = sliding window (``|i - j| <= w``) | global tokens.
+
+    A global token (an index in ``global_tokens``, such as a classification token) attends to every
+    token, and every token attends to it: its row and its column are all True.
+    """
+    mask = sliding_window_mask(n, w)
+    idx = torch.as_tensor(list(global_tokens), dtype=torch.long)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise ValueError(f"global_tokens must be positions in [0, {n}), got {idx.tolist()}")
+    mask[idx, :] = True
+    mask[:, idx] = True
+    return mask
+
+
 def bigbird_mask(n: int, window: int, num_global: int, num_random: int, seed: int = 0) -> Tensor:
     """BigBird's pattern: bool [n, n] = sliding window | global tokens | random links.
 
-    The first ``num_global`` tokens attend to everything and everything attends to them; each query
-    also gets ``num_random`` keys drawn at random (seeded, so the picture is reproducible).
+    The first ``num_global`` tokens attend to everything and everything attends to them (as in
+    :func:`longformer_mask`); each query also gets ``num_random`` keys drawn at random (seeded, so the
+    picture is reproducible).
     """
     if num_global > n:
         raise ValueError(f"num_global={num_global} is more than the n={n} tokens")
     _check_positive(num_global=num_global, num_random=num_random)
-    mask = sliding_window_mask(n, window)
-    mask[:num_global, :] = True
-    mask[:, :num_global] = True
+    mask = longformer_mask(n, window, range(num_global))
     if num_random:
         g = torch.Generator().manual_seed(seed)
         picks = torch.rand(n, n, generator=g).argsort(dim=-1)[:, :min(num_random, n)]
         mask[torch.arange(n)[:, None], picks] = True
     return mask
+
+
+def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, w: int, block_size: int | None = None) -> Tensor:
+    """Attention restricted to ``|i - j| <= w`` that computes only the band, not the n x n scores.
+
+    q, k: [..., n, d], v: [..., n, d_v] -> [..., n, d_v], equal to dense attention with
+    :func:`sliding_window_mask`. The sequence is cut into blocks of ``block_size`` (at least ``w``;
+    default ``max(w, 1)``) positions; each block of queries meets only its own block of keys and the
+    blocks on either side: scores [..., n / block, block, 3 block], about ``3 * block * n`` pairs
+    instead of ``n^2``.
+    """
+    _check_qkv(q, k, v)
+    if q.shape[-2] != k.shape[-2]:
+        raise ValueError(f"sliding-window self-attention needs as many queries as keys: q {shape_of(q)}, k {shape_of(k)}")
+    _check_positive(w=w)
+    b = max(int(w), 1) if block_size is None else int(block_size)
+    if b < max(int(w), 1):
+        raise ValueError(f"block_size must be at least w={w} (neighbours must lie in the adjacent blocks), got {b}")
+    n, d = q.shape[-2], q.shape[-1]
+    blocks = -(-n // b)
+    pad = blocks * b - n
+
+    def split(t: Tensor) -> Tensor:                         # [..., n, e] -> [..., blocks, b, e]
+        return torch.nn.functional.pad(t, (0, 0, 0, pad)).unflatten(-2, (blocks, b))
+
+    def neighbours(t: Tensor) -> Tensor:                    # [..., blocks, b, e] -> [..., blocks, 3b, e]
+        t = torch.nn.functional.pad(t, (0, 0, 0, 0, 1, 1))  # an empty block before the first and after the last
+        return torch.cat([t[..., :-2, :, :], t[..., 1:-1, :, :], t[..., 2:, :, :]], dim=-2)
+
+    qb, kb, vb = split(q), neighbours(split(k)), neighbours(split(v))
+    q_pos = torch.arange(blocks * b, device=q.device).view(blocks, b, 1)
+    k_pos = (torch.arange(blocks, device=q.device).view(blocks, 1, 1) - 1) * b \
+        + torch.arange(3 * b, device=q.device).view(1, 1, 3 * b)
+    allowed = ((q_pos - k_pos).abs() <= w) & (k_pos >= 0) & (k_pos < n)       # [blocks, b, 3b]
+    scores = (qb @ kb.transpose(-2, -1)).float() / math.sqrt(d)
+    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    out = weights.nan_to_num(0.0).to(v.dtype) @ vb           # padded query rows may see no key: 0, then cut
+    return out.flatten(-3, -2)[..., :n, :]
 
 
 def lsh_buckets(x: Tensor, n_buckets: int, seed: int = 0) -> Tensor:
@@ -371,6 +487,175 @@ def lsh_mask(q: Tensor, n_buckets: int, seed: int = 0) -> Tensor:
 def mask_density(mask: Tensor) -> float:
     """Fraction of (query, key) pairs a mask allows: the cost relative to dense attention."""
     return float(mask.float().mean())
+
+
+# Reformer: one vector per token serves as query and, normalised, as key ("shared-QK attention"),
+# so a token's dot product with itself is the largest in its row; it attends to itself only when it
+# has no other key. Hash rounds r = 0, 1, ... use the seeds seed, seed + 1, ...
+
+def _lsh_round_buckets(x: Tensor, n_buckets: int, n_rounds: int, seed: int) -> Tensor:
+    if int(n_rounds) < 1:
+        raise ValueError(f"n_rounds must be at least 1, got {n_rounds}")
+    return torch.stack([lsh_buckets(x, n_buckets, seed + r) for r in range(n_rounds)], dim=-2)
+
+
+def _check_buckets(buckets: Tensor, chunk_size: int) -> None:
+    if not isinstance(buckets, Tensor) or buckets.ndim < 2 or buckets.is_floating_point():
+        raise ValueError(f"buckets must be integer ids [..., rounds, n], got "
+                         f"{shape_of(buckets) if isinstance(buckets, Tensor) else type(buckets).__name__}")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+
+
+def _sorted_ranks(buckets: Tensor) -> Tensor:
+    """Position of each token after sorting by (bucket, position): long [..., rounds, n]."""
+    n = buckets.shape[-1]
+    order = (buckets * n + torch.arange(n, device=buckets.device)).argsort(dim=-1)
+    return order.argsort(dim=-1)
+
+
+def lsh_chunk_mask(buckets: Tensor, chunk_size: int, same_bucket: bool = True, exclude_self: bool = True) -> Tensor:
+    """The pairs :func:`lsh_attention` lets meet, as a dense mask: bool [..., n, n].
+
+    ``buckets``: long [..., rounds, n]. In each round the tokens are sorted by bucket (ties by
+    position) and cut into chunks of ``chunk_size``; query i may meet key j when j's chunk is i's or
+    the one before it (the first chunk has none before it) and, with ``same_bucket``, when they
+    share the round's bucket. The mask is the union over rounds. With ``exclude_self``, i meets
+    itself only in a row that would otherwise be empty.
+    """
+    _check_buckets(buckets, chunk_size)
+    chunk = _sorted_ranks(buckets) // int(chunk_size)                       # [..., R, n]
+    ci, cj = chunk[..., :, None], chunk[..., None, :]
+    allowed = (cj <= ci) & (cj >= ci - 1)                                   # [..., R, n, n]
+    if same_bucket:
+        allowed &= buckets[..., :, None] == buckets[..., None, :]
+    allowed = allowed.any(dim=-3)
+    if exclude_self:
+        eye = torch.eye(buckets.shape[-1], dtype=torch.bool, device=buckets.device)
+        others = allowed & ~eye
+        allowed = others | (eye & ~others.any(dim=-1, keepdim=True))
+    return allowed
+
+
+def lsh_attention(x: Tensor, v: Tensor, n_buckets: int, chunk_size: int, n_rounds: int = 1, seed: int = 0,
+                  same_bucket: bool = True, exclude_self: bool = True, buckets: Tensor | None = None) -> Tensor:
+    """Reformer's LSH self-attention, computed chunk by chunk: x [..., n, d], v [..., n, d_v] -> [..., n, d_v].
+
+    Shared query/key: the queries are ``x`` and the keys ``x / |x|``. Each of ``n_rounds`` hash
+    rounds (:func:`lsh_buckets` with seed ``seed + r``; or the given ``buckets [..., rounds, n]``)
+    sorts the tokens by bucket, cuts them into chunks of ``chunk_size``, and lets each chunk of
+    queries attend to its own chunk of keys and the chunk before: scores [..., n / chunk_size,
+    chunk_size, 2 chunk_size] instead of [..., n, n]. ``same_bucket`` keeps, within that reach, only
+    keys of the query's own bucket. The rounds are merged with each round's log-sum-exp, each score
+    lowered by the log of the number of rounds in which the pair met, so that the result equals dense
+    attention restricted to :func:`lsh_chunk_mask` (the test proves it).
+    """
+    _check_qkv(x, x, v)
+    n, d = x.shape[-2], x.shape[-1]
+    if buckets is None:
+        buckets = _lsh_round_buckets(x, n_buckets, n_rounds, seed)
+    _check_buckets(buckets, chunk_size)
+    if buckets.shape[-1] != n or buckets.shape[:-2] != x.shape[:-2]:
+        raise ValueError(f"buckets {shape_of(buckets)} must be [..., rounds, n] for x {shape_of(x)}")
+    lead = x.shape[:-2]
+    xf, vf = x.reshape(-1, n, d), v.reshape(-1, n, v.shape[-1])
+    bf = buckets.reshape(-1, buckets.shape[-2], n)                         # [B, R, n]
+    batch, rounds = bf.shape[:2]
+    m = int(chunk_size)
+    chunks = -(-n // m)
+    keys = xf / xf.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    rank = _sorted_ranks(bf)                                               # [B, R, n]: token -> sorted place
+    chunk_of = rank // m                                                   # [B, R, n]
+    b_idx = torch.arange(batch, device=x.device).view(batch, 1, 1)
+
+    def per_token(t: Tensor, idx: Tensor) -> Tensor:                       # t [B, n, ...], idx [B, C, k]
+        return t[b_idx, idx]
+
+    outs, lses = [], []
+    for r in range(rounds):
+        order = rank[:, r].argsort(dim=-1)                                 # sorted place -> token
+        valid = torch.arange(chunks * m, device=x.device) < n              # the last chunk may be short
+        order = torch.nn.functional.pad(order, (0, chunks * m - n))        # padding places point at token 0,
+        q_idx = order.view(batch, chunks, m)                               # [B, C, m]
+        q_ok = valid.view(1, chunks, m).expand(batch, -1, -1)
+        k_idx = torch.cat([torch.roll(q_idx, 1, dims=1), q_idx], dim=-1)   # [B, C, 2m]: chunk before, own
+        k_ok = torch.cat([torch.roll(q_ok, 1, dims=1), q_ok], dim=-1).clone()
+        k_ok[:, 0, :m] = False                                             # never used as keys; nothing before chunk 0
+        scores = (per_token(xf, q_idx) @ per_token(keys, k_idx).transpose(-2, -1)).float() / math.sqrt(d)
+        allowed = k_ok[:, :, None, :].expand_as(scores)                    # [B, C, m, 2m]
+        met = torch.zeros_like(scores)             # in how many rounds each pair meets
+        for r2 in range(rounds):
+            cq, ck = per_token(chunk_of[:, r2], q_idx)[..., None], per_token(chunk_of[:, r2], k_idx)[:, :, None, :]
+            pair = (ck <= cq) & (ck >= cq - 1)
+            if same_bucket:
+                pair = pair & (per_token(bf[:, r2], k_idx)[:, :, None, :] == per_token(bf[:, r2], q_idx)[..., None])
+            if r2 == r:
+                allowed = allowed & pair
+            met += pair
+        scores = scores - met.clamp_min(1).log()
+        if exclude_self:   # a large finite penalty: itself only when nothing else is allowed in any round
+            scores = scores.masked_fill(k_idx[:, :, None, :] == q_idx[..., None], -1e5)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        lse = torch.logsumexp(scores, dim=-1, keepdim=True)                # [B, C, m, 1]
+        out = torch.exp(scores - lse) @ per_token(vf, k_idx).float()       # [B, C, m, d_v]
+        place = rank[:, r][:, :, None]                                     # [B, n, 1]: token -> sorted place
+        outs.append(out.flatten(1, 2).gather(1, place.expand(-1, -1, out.shape[-1])))   # [B, n, d_v]
+        lses.append(lse.flatten(1, 2).gather(1, place))                                   # [B, n, 1]
+    weights = torch.softmax(torch.stack(lses), dim=0)                      # [R, B, n, 1]: the rounds' shares
+    out = (weights * torch.stack(outs)).sum(dim=0)
+    return out.to(v.dtype).reshape(*lead, n, v.shape[-1])
+
+
+def shuffled_buckets(buckets: Tensor, seed: int = 0) -> Tensor:
+    """The same bucket sizes given to random tokens: each round's ids permuted along the last axis.
+
+    buckets [..., n] -> [..., n]: the baseline an LSH must beat (same sizes, so same cost).
+    """
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.rand(buckets.shape, generator=g).argsort(dim=-1).to(buckets.device)
+    return buckets.gather(-1, perm)
+
+
+def top_mass_pairs(weights: Tensor, mass: float = 0.9) -> Tensor:
+    """bool [..., n_q, n_k]: in each row, the fewest keys whose attention weights add up to ``mass``.
+
+    weights [..., n_q, n_k] (rows summing to 1). Keys are taken in decreasing weight until the running
+    sum reaches ``mass``; ties are broken by position.
+    """
+    if not 0 < mass <= 1:
+        raise ValueError(f"mass must lie in (0, 1], got {mass}")
+    sorted_w, order = weights.sort(dim=-1, descending=True, stable=True)
+    before = sorted_w.cumsum(dim=-1) - sorted_w                         # mass of the heavier keys
+    keep_sorted = before < mass
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def catch_rate(pairs: Tensor, allowed: Tensor) -> float:
+    """Share of the True entries of ``pairs`` that ``allowed`` (a mask of the same shape) also allows."""
+    if pairs.shape != allowed.shape:
+        raise ValueError(f"pairs {shape_of(pairs)} and allowed {shape_of(allowed)} must have one shape")
+    total = int(pairs.sum())
+    if total == 0:
+        raise ValueError("pairs has no True entry: nothing to catch")
+    return int((pairs & allowed).sum()) / total
+
+
+def clustered_vectors(n: int, d: int, n_clusters: int, spread: float = 0.3, scale: float = 4.0,
+                      seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` vectors [n, d] in ``n_clusters`` groups, and each vector's group (long [n]).
+
+    Group centres are random directions of length ``scale``; each vector is its centre plus Gaussian
+    noise of standard deviation ``spread * scale / sqrt(d)`` per coordinate. Tokens of one group
+    attend mostly to each other: a stand-in for the structure of a trained model's queries and keys.
+    """
+    if min(int(n), int(d), int(n_clusters)) < 1:
+        raise ValueError(f"n, d and n_clusters must be at least 1, got {n}, {d}, {n_clusters}")
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_clusters, d, generator=g)
+    centres = scale * centres / centres.norm(dim=-1, keepdim=True)
+    group = torch.randint(0, n_clusters, (n,), generator=g)
+    noise = torch.randn(n, d, generator=g) * spread * scale / math.sqrt(d)
+    return centres[group] + noise, group
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,3 +739,41 @@ def greedy_decode(model, prompt: Tensor, new_tokens: int, use_cache: bool = True
         if idx.shape[1] < prompt.shape[1] + new_tokens:
             logits = model(nxt, caches=caches)                    # one new token per step
     return idx
+
+
+
+@torch.no_grad()
+def decode_step_times(model, lengths, use_cache: bool = True, min_run_time: float = 0.05, seed: int = 0) -> list[float]:
+    """Milliseconds of one generation step after ``L`` tokens, for each ``L`` in ``lengths`` (median of
+    repeated runs, :func:`course.bench.benchmark`, on the model's device).
+
+    Without a cache the step runs the model over all ``L + 1`` tokens; with one it runs the model over
+    the newest token only, against caches holding ``L`` positions (filled beforehand, not timed, and
+    put back to ``L`` positions before every run). Token ids are random (seeded): the time does not
+    depend on them.
+    """
+    from .bench import benchmark
+    lengths = [int(n) for n in lengths]
+    if not lengths or min(lengths) < 1 or max(lengths) + 1 > model.context_length:
+        raise ValueError(f"lengths must lie in [1, {model.context_length - 1}] (context length "
+                         f"{model.context_length}), got {lengths}")
+    device = model_device(model)
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (1, max(lengths) + 1), generator=g).to(device)
+    times = []
+    for n in lengths:
+        if not use_cache:
+            times.append(benchmark(lambda: model(ids[:, :n + 1]), warmup=1, min_run_time=min_run_time,
+                                   device=device).median_ms)
+            continue
+        caches = [KVCache(model.context_length) for _ in model.blocks]
+        model(ids[:, :n], caches=caches)                                   # prefill: not timed
+        filled = [(c.k, c.v) for c in caches]
+
+        def step():
+            for c, (k, v) in zip(caches, filled):                          # back to n positions
+                c.k, c.v = k, v
+            return model(ids[:, n:n + 1], caches=caches)
+        times.append(benchmark(step, warmup=1, min_run_time=min_run_time, device=device).median_ms)
+    return times

@@ -235,3 +235,160 @@ def test_greedy_decode_with_and_without_cache_gives_the_same_tokens():
     assert a.shape == (1, 14) and torch.equal(a, b)
     with pytest.raises(ValueError, match="context"):
         ef.greedy_decode(model, prompt, 40)
+
+
+# ------------------------------------------------------------------------------ the causal tile grid
+
+def test_tile_grid_marks_full_diagonal_and_skipped_tiles():
+    grid = ef.tile_grid(10, 10, 4)                 # tiles of rows 0-3, 4-7, 8-9 against the same keys
+    assert grid.tolist() == [[1, 0, 0], [2, 1, 0], [2, 2, 1]]
+    assert (ef.tile_grid(10, 10, 4, causal=False) == ef.TILE_FULL).all()
+    # Rectangular tiles: queries 0-3 and 4-7 against keys 0-2, 3-5, 6-8.
+    assert ef.tile_grid(8, 9, 4, 3).tolist() == [[1, 1, 0], [2, 1, 1]]
+    with pytest.raises(ValueError, match="block_size must be at least 1"):
+        ef.tile_grid(8, 8, 0)
+
+
+@pytest.mark.parametrize("n, block, block_k", [(300, 64, None), (37, 8, 5), (64, 16, None)])
+def test_causal_flash_loop_skips_the_tiles_above_the_diagonal_with_the_same_output(n, block, block_k):
+    q, k, v = qkv(1, 2, n, 16)
+    causal_log, full_log = [], []
+    causal = ef.flash_attention_torch(q, k, v, block, causal=True, block_size_k=block_k, tile_log=causal_log)
+    ef.flash_attention_torch(q, k, v, block, causal=False, block_size_k=block_k, tile_log=full_log)
+    torch.testing.assert_close(causal, F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                               atol=1e-6, rtol=1e-5)  # float32
+    grid = ef.tile_grid(n, n, block, block_k)
+    assert sorted(causal_log) == [tuple(t) for t in (grid != ef.TILE_SKIPPED).nonzero().tolist()]
+    assert len(full_log) == grid.numel() and len(causal_log) < len(full_log)
+
+
+def test_count_ops_counts_dispatched_operations_and_grows_with_the_tiles():
+    a = torch.ones(3)
+    assert ef.count_ops(lambda: a + a * 2) == 2
+    q, k, v = qkv(1, 1, 64, 8)
+    few = ef.count_ops(lambda: ef.flash_attention_torch(q, k, v, 32))
+    many = ef.count_ops(lambda: ef.flash_attention_torch(q, k, v, 8))
+    assert many > 10 * few > 0
+
+
+# ------------------------------------------------------------------------------ sparse patterns
+
+def test_longformer_mask_is_a_window_plus_global_rows_and_columns():
+    mask = ef.longformer_mask(12, 1, global_tokens=[0, 7])
+    window = ef.sliding_window_mask(12, 1)
+    assert mask[[0, 7]].all() and mask[:, [0, 7]].all()
+    others = [i for i in range(12) if i not in (0, 7)]
+    rest = mask[others][:, others]
+    assert torch.equal(rest, window[others][:, others])
+    assert torch.equal(ef.longformer_mask(12, 1, []), window)
+    with pytest.raises(ValueError, match="global_tokens"):
+        ef.longformer_mask(5, 1, [5])
+
+
+@pytest.mark.parametrize("n, w, block", [(37, 4, None), (37, 4, 9), (8, 0, None), (5, 10, None), (64, 16, None)])
+def test_sliding_window_attention_equals_sdpa_with_the_window_mask(n, w, block):
+    q, k, v = qkv(2, 3, n, 8, d_v=5)
+    torch.testing.assert_close(ef.sliding_window_attention(q, k, v, w, block),
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=ef.sliding_window_mask(n, w)),
+                               atol=1e-6, rtol=1e-5)  # float32
+
+
+def test_sliding_window_attention_rejects_blocks_narrower_than_the_window():
+    q, k, v = qkv(1, 16, 8)
+    with pytest.raises(ValueError, match="block_size must be at least w=4"):
+        ef.sliding_window_attention(q, k, v, 4, block_size=3)
+
+
+def shared_qk_attention(x, v, mask):
+    """Independent reference: dense Reformer attention (keys = normalised queries) restricted to ``mask``."""
+    keys = x / x.norm(dim=-1, keepdim=True)
+    scores = (x @ keys.transpose(-2, -1)) / x.shape[-1] ** 0.5
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+
+
+def test_lsh_chunk_mask_sorts_by_bucket_and_reaches_one_chunk_back():
+    # Buckets 0,1,0,1,0,1: sorted order 0,2,4 | 1,3,5; chunks of 2: [0,2] [4,1] [3,5].
+    buckets = torch.tensor([[0, 1, 0, 1, 0, 1]])
+    reach = ef.lsh_chunk_mask(buckets, 2, same_bucket=False, exclude_self=False)
+    chunk = {0: 0, 2: 0, 4: 1, 1: 1, 3: 2, 5: 2}
+    expected = torch.tensor([[chunk[i] - 1 <= chunk[j] <= chunk[i] for j in range(6)] for i in range(6)])
+    assert torch.equal(reach, expected)
+    same = ef.lsh_chunk_mask(buckets, 2, same_bucket=True, exclude_self=False)
+    assert torch.equal(same, expected & (buckets[0][:, None] == buckets[0][None, :]))
+    # Token 1 is alone in its bucket within its reach (chunk [4,1] and chunk [0,2] before it): itself only.
+    no_self = ef.lsh_chunk_mask(buckets, 2)
+    assert no_self[1].tolist() == [False, True, False, False, False, False]
+    assert not no_self[4, 4] and no_self[4].tolist() == [True, False, True, False, False, False]
+
+
+@pytest.mark.parametrize("shape, n_buckets, chunk, rounds, same_bucket, exclude_self", [
+    ((37, 8), 4, 5, 1, True, True), ((2, 3, 40, 8), 8, 6, 3, True, True), ((40, 8), 4, 7, 2, False, True),
+    ((2, 33, 8), 6, 4, 4, False, False), ((10, 8), 16, 2, 2, True, True)])
+def test_lsh_attention_equals_dense_attention_on_its_chunk_mask(shape, n_buckets, chunk, rounds, same_bucket,
+                                                               exclude_self):
+    g = torch.Generator().manual_seed(3)
+    x, v = torch.randn(*shape, generator=g), torch.randn(*shape[:-1], 5, generator=g)
+    buckets = torch.stack([ef.lsh_buckets(x, n_buckets, seed=r) for r in range(rounds)], dim=-2)
+    mask = ef.lsh_chunk_mask(buckets, chunk, same_bucket, exclude_self)
+    ours = ef.lsh_attention(x, v, n_buckets, chunk, rounds, seed=0, same_bucket=same_bucket, exclude_self=exclude_self)
+    torch.testing.assert_close(ours, shared_qk_attention(x, v, mask), atol=1e-5, rtol=1e-5)  # float32
+
+
+def test_lsh_attention_in_one_chunk_equals_dense_attention_restricted_to_the_same_bucket_mask():
+    x = torch.randn(2, 50, 16, generator=torch.Generator().manual_seed(4))
+    v = torch.randn(2, 50, 6, generator=torch.Generator().manual_seed(5))
+    ours = ef.lsh_attention(x, v, n_buckets=6, chunk_size=50, exclude_self=False)
+    torch.testing.assert_close(ours, shared_qk_attention(x, v, ef.lsh_mask(x, 6)), atol=1e-5, rtol=1e-5)  # float32
+
+
+def test_lsh_attention_rejects_bad_buckets():
+    x = torch.randn(10, 8)
+    with pytest.raises(ValueError, match=r"buckets .* must be \[..., rounds, n\]"):
+        ef.lsh_attention(x, x, 4, 2, buckets=torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="chunk_size"):
+        ef.lsh_attention(x, x, 4, 0)
+    with pytest.raises(ValueError, match="n_rounds"):
+        ef.lsh_attention(x, x, 4, 2, n_rounds=0)
+
+
+def test_top_mass_pairs_takes_the_fewest_keys_reaching_the_mass():
+    w = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
+    assert ef.top_mass_pairs(w, 0.9).tolist() == [[False, True, True, True]]
+    assert ef.top_mass_pairs(w, 0.8).tolist() == [[False, True, False, True]]   # 0.5 + 0.3 reach 0.8 exactly
+    assert ef.top_mass_pairs(w, 1.0).all()
+    with pytest.raises(ValueError, match="mass"):
+        ef.top_mass_pairs(w, 0)
+
+
+def test_shuffled_buckets_keep_the_bucket_sizes_and_catch_rate_counts_shares():
+    b = torch.tensor([[0, 0, 1, 2, 2, 2], [1, 1, 1, 0, 0, 2]])
+    s = ef.shuffled_buckets(b, seed=0)
+    for row, srow in zip(b, s):
+        assert torch.equal(torch.bincount(row, minlength=3), torch.bincount(srow, minlength=3))
+    pairs = torch.tensor([[True, True], [False, True]])
+    assert ef.catch_rate(pairs, torch.tensor([[True, False], [True, True]])) == 2 / 3
+    with pytest.raises(ValueError, match="nothing to catch"):
+        ef.catch_rate(torch.zeros(2, 2, dtype=torch.bool), pairs)
+
+
+def test_lsh_buckets_catch_clustered_attention_far_better_than_random_buckets():
+    x, group = ef.clustered_vectors(256, 32, 8, spread=0.5, scale=60.0, seed=0)
+    assert x.shape == (256, 32) and group.shape == (256,)
+    keys = x / x.norm(dim=-1, keepdim=True)
+    eye = torch.eye(256, dtype=torch.bool)
+    weights = torch.softmax((x @ keys.T / 32 ** 0.5).masked_fill(eye, float("-inf")), dim=-1)
+    top = ef.top_mass_pairs(weights, 0.9) & ~eye
+    buckets = torch.stack([ef.lsh_buckets(x, 8, seed=r) for r in range(2)])
+    lsh = ef.catch_rate(top, (buckets[:, :, None] == buckets[:, None, :]).any(0))
+    shuffled = ef.shuffled_buckets(buckets, seed=1)
+    rand = ef.catch_rate(top, (shuffled[:, :, None] == shuffled[:, None, :]).any(0))
+    assert lsh > 0.5 and lsh > 2.5 * rand, (lsh, rand)
+
+
+def test_decode_step_times_returns_one_positive_time_per_length():
+    model = _tiny_gpt()
+    for use_cache in (True, False):
+        times = ef.decode_step_times(model, [4, 20], use_cache=use_cache, min_run_time=0.001)
+        assert len(times) == 2 and all(t > 0 for t in times)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 31\]"):
+        ef.decode_step_times(model, [32])
