@@ -338,3 +338,12 @@ def test_describe_names_the_shape(pair):
     line = L.describe(ours)
     assert "4 query heads sharing 2 key/value heads of size 12" in line and "RoPE base 500" in line
 
+
+
+def test_apply_rope_takes_given_frequencies_and_refuses_the_wrong_number():
+    x = torch.randn(2, 5, 8)
+    given = apply_rope(x, base=500.0, interleaved=False, omega=sinusoidal_frequencies(8, 500.0))
+    assert torch.equal(given, apply_rope(x, base=500.0, interleaved=False))
+    assert not torch.equal(apply_rope(x, base=500.0, omega=L.float32_frequencies(8, 1e5)), apply_rope(x, base=500.0))
+    with pytest.raises(ValueError, match=r"omega must hold d // 2 = 4 frequencies, got shape \(3,\)"):
+        apply_rope(x, omega=torch.ones(3))
