@@ -14,7 +14,7 @@ from hf_support import quietly
 
 from course.efficient import KVCache
 from course.layers import rms_norm
-from course.models import Llama, LlamaConfig, WeightMismatchError
+from course.models import LlamaConfig, WeightMismatchError
 from course.models import llama as L
 from course.positional import apply_rope, sinusoidal_frequencies
 
