@@ -164,8 +164,7 @@ def test_batcher_rejects_a_batch_size_below_one():
 
 def test_documents_ship_with_the_course_and_every_question_has_its_source():
     docs = rag.load_documents()
-    names = {d.name for d in docs}
-    assert 6 <= len(docs) <= 12
+    assert 6 <= len(docs) <= 12 and len({d.name for d in docs}) == len(docs)
     for question, source, answer in rag.QUESTIONS:
         doc = next(d for d in docs if d.name == source)
         assert answer.lower() in doc.text.lower(), question
