@@ -25,7 +25,7 @@ __all__ = ["check_training_flops", "check_fit_loglinear", "check_answer_metrics"
 
 # (num_layers, d_model, d_ff, vocab_size, batch, seq)
 _FLOPS_CASES = [
-    (2, 24, 72, 95, 4, 40),       # every mistake below gives its own number here
+    (3, 24, 72, 95, 4, 40),       # every mistake below gives its own number here
     (1, 16, 48, 12, 4, 8),        # d_ff = 3 d_model, batch 4
     (3, 48, 200, 95, 2, 100),     # a context longer than the width
     (4, 128, 512, 50257, 8, 256),
@@ -65,6 +65,16 @@ FLOPS_MISTAKES = [
             lambda *a: 3 * _forward(head=1)(*a)),
     Mistake("the output layer counted in every layer: it runs once, after the last block",
             lambda L, d, ff, V, B, T: 3 * (_forward()(L, d, ff, V, B, T) + (L - 1) * _parts(L, d, ff, V, B, T)["head"])),
+    Mistake("the token embedding counted as a product: it is a lookup (one row per token), no FLOPs; only the "
+            "output layer multiplies by the d x V matrix",
+            lambda L, d, ff, V, B, T: 3 * (_forward()(L, d, ff, V, B, T) + _parts(L, d, ff, V, B, T)["head"])),
+    Mistake("that is 6 N D with N = 12 L d^2: that N assumes d_ff = 4 d_model (use the d_ff you are given), and "
+            "6 N D leaves out attention's two T x T products and the output layer",
+            lambda L, d, ff, V, B, T: 6 * 12 * L * d * d * B * T),
+    Mistake("only the causal half of attention's T x T products: the course's attention computes the full "
+            "T x T scores and then masks them, so count 2 T T d for each of the two products",
+            lambda L, d, ff, V, B, T: 3 * (_forward(scores=1, mix=1)(L, d, ff, V, B, T)
+                                           + B * L * 2 * 2 * (T * (T + 1) // 2) * d)),
     Mistake("the feed-forward width was taken as 4 d_model: use the d_ff you are given",
             lambda L, d, ff, V, B, T: 3 * _forward()(L, d, 4 * d, V, B, T)),
     Mistake("one projection for Q, K and V together: they are three d x d products (2 T d 3d)",

@@ -66,6 +66,11 @@ WRONG_FLOPS = [
     Wrong("only Q K^T", lambda *a: flops_by_parts(*a, attention=1), "only one of attention's"),
     Wrong("no output layer", lambda *a: flops_by_parts(*a, head=False), "output layer is missing"),
     Wrong("output layer per layer", lambda *a: flops_by_parts(*a, per_layer_head=True), "in every layer"),
+    Wrong("embedding lookup counted as a product", lambda L, d, ff, V, B, T: flops_by_parts(L, d, ff, V, B, T)
+          + 3 * B * 2 * T * V * d, "token embedding counted"),
+    Wrong("6 N D with N = 12 L d^2", lambda L, d, ff, V, B, T: 6 * (12 * L * d ** 2) * (B * T), "N = 12 L d^2"),
+    Wrong("causal half of the T x T products", lambda L, d, ff, V, B, T: flops_by_parts(L, d, ff, V, B, T, attention=0)
+          + 3 * B * L * 2 * 2 * d * sum(range(1, T + 1)), "causal half"),
     Wrong("d_ff = 4 d", lambda L, d, ff, V, B, T: flops_by_parts(L, d, ff, V, B, T, ff=4 * d), "4 d_model"),
     Wrong("fused qkv counted once", lambda *a: flops_by_parts(*a, qkv=1), "three d x d products"),
     Wrong("no output projection", lambda *a: flops_by_parts(*a, proj=False), "output projection"),
