@@ -89,10 +89,11 @@ def attention_flops(batch: int, heads: int, seq: int, d: int, causal: bool = Fal
                     backward: bool = False) -> float:
     """Floating-point operations of attention with ``seq`` queries and keys of head size ``d``.
 
-    Forward: two matrix products (q k^T and weights v), each 2 * seq * seq * d multiply-adds per
-    head: ``4 * batch * heads * seq^2 * d``. Causal attention needs only half of them (the
-    convention of FlashAttention's benchmarks). ``backward=True`` returns forward + backward, where
-    the backward does 2.5x the forward's work (five matrix products instead of two): 3.5x in all.
+    Forward: two matrix products (q k^T and weights v), each seq * seq * d multiply-adds, that is
+    2 * seq * seq * d FLOPs, per head: ``4 * batch * heads * seq^2 * d``. Causal attention needs
+    only half of them (the convention of FlashAttention's benchmarks). ``backward=True`` returns
+    forward + backward, where the backward does 2.5x the forward's work (five matrix products
+    instead of two): 3.5x in all.
     The softmax's exponentials are not counted.
     """
     for name, value in (("batch", batch), ("heads", heads), ("seq", seq), ("d", d)):
