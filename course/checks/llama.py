@@ -146,7 +146,7 @@ def _omega(d: int, base: float) -> torch.Tensor:
 
 
 def _rope_variant(*, sign=1.0, from_zero=False, base10k=False, inverted=False, half_exponent=False,
-                  adjacent_freqs=False, shift=0):
+                  adjacent_freqs=False, shift=0, pairs_from_one=False, halves_swapped=False):
     def rope(x, positions, base):
         d = x.shape[-1]
         b = 10000.0 if base10k else base
@@ -155,6 +155,8 @@ def _rope_variant(*, sign=1.0, from_zero=False, base10k=False, inverted=False, h
             omega = 1.0 / omega
         if half_exponent:
             omega = torch.pow(float(b), -torch.arange(0, d // 2, dtype=torch.float64) / d)
+        if pairs_from_one:
+            omega = torch.pow(float(b), -torch.arange(2, d + 2, 2, dtype=torch.float64) / d)
         pos = (torch.arange(x.shape[-2]) if from_zero else positions).double() + shift
         angles = pos[:, None] * omega[None, :]                            # [seq, d/2]
         cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
@@ -162,7 +164,8 @@ def _rope_variant(*, sign=1.0, from_zero=False, base10k=False, inverted=False, h
             cos, sin = angles.cos().repeat_interleave(2, -1), angles.sin().repeat_interleave(2, -1)
         x1, x2 = x[..., : d // 2], x[..., d // 2:]
         rotated = torch.cat([-x2, x1], -1)                               # rotate_half
-        return x * cos.to(x.dtype) + sign * rotated * sin.to(x.dtype)
+        out = x * cos.to(x.dtype) + sign * rotated * sin.to(x.dtype)
+        return torch.cat([out[..., d // 2:], out[..., : d // 2]], -1) if halves_swapped else out
     return rope
 
 
@@ -183,6 +186,10 @@ ROPE_MISTAKES = [
             _rope_variant(adjacent_freqs=True)),
     Mistake("positions off by one: rotate by the positions as given (the first token of a prompt is at 0)",
             _rope_variant(shift=1)),
+    Mistake("the pairs are counted from 1: pair i = 0 .. d/2 - 1 turns at base ** (-2i / d), so the first pair "
+            "turns at frequency 1 (torch.arange(0, d, 2) / d)", _rope_variant(pairs_from_one=True)),
+    Mistake("the two halves come back swapped: the result is cat(x1 cos - x2 sin, x2 cos + x1 sin), the first "
+            "half first", _rope_variant(halves_swapped=True)),
 ]
 
 
@@ -258,7 +265,8 @@ def _step_cases() -> list[tuple]:
 
 
 def _step_variant(*, position=None, rotate_q=True, rotate_k=True, rotate_v=False, causal=False, before=False,
-                  tiled=False, no_scale=False, new_first=False, store_unrotated=False, keep_cache=False):
+                  tiled=False, no_scale=False, new_first=False, store_unrotated=False, keep_cache=False,
+                  rerotate_cache=False):
     def step(q, k_new, v_new, cache_k, cache_v, base):
         t = cache_k.shape[-2]
         pos = torch.tensor([t if position is None else position(t)])
@@ -271,6 +279,8 @@ def _step_variant(*, position=None, rotate_q=True, rotate_k=True, rotate_v=False
         att_k, att_v = pair(cache_k, kr), pair(cache_v, vr)
         if before:
             att_k, att_v = cache_k, cache_v
+        if rerotate_cache:                                                # the cached keys turned a second time
+            att_k = rope_halves(pair(cache_k, k_new), torch.arange(t + 1), base)
         n = q.shape[1] // cache_k.shape[1]
         expand = (lambda x: x.repeat(1, n, 1, 1)) if tiled else (lambda x: repeat_kv(x, n))
         scale = 1.0 if no_scale else None
@@ -285,6 +295,11 @@ DECODE_MISTAKES = [
             _step_variant(position=lambda t: 0)),
     Mistake("the new token was rotated at position t + 1: positions count from 0, so after t cached tokens it is "
             "at position t", _step_variant(position=lambda t: t + 1)),
+    Mistake("the new token was rotated at position t - 1, the last cached one's: positions count from 0, so after "
+            "t cached tokens the new one is at position t", _step_variant(position=lambda t: t - 1)),
+    Mistake("the cached keys were rotated again: they are stored already rotated, each at its own position, so "
+            "rotate only q and k_new (at position t) and append",
+            _step_variant(rerotate_cache=True, store_unrotated=True)),
     Mistake("the key was not rotated: RoPE turns both the query and the new key", _step_variant(rotate_k=False)),
     Mistake("the query was not rotated: RoPE turns both the query and the new key", _step_variant(rotate_q=False)),
     Mistake("the value was rotated: RoPE turns queries and keys only, values stay as they are",

@@ -104,6 +104,22 @@ def rope_learner(x, positions, base, *, layout="halves", sign=1.0, use_positions
     return x * cos + sign * torch.cat([-x2, x1], -1) * sin
 
 
+def rope_pairs_from_one(x, positions, base):
+    d = x.shape[-1]
+    omega = torch.tensor([base ** (-2 * i / d) for i in range(1, d // 2 + 1)])
+    a = positions.float()[:, None] * omega
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return torch.cat([x1 * a.cos() - x2 * a.sin(), x2 * a.cos() + x1 * a.sin()], -1)
+
+
+def rope_halves_swapped(x, positions, base):
+    d = x.shape[-1]
+    omega = base ** (-torch.arange(0, d, 2).float() / d)
+    a = positions.float()[:, None] * omega
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return torch.cat([x2 * a.cos() + x1 * a.sin(), x1 * a.cos() - x2 * a.sin()], -1)
+
+
 def rope_first_half_only(x, positions, base):   # holdout
     d = x.shape[-1]
     omega = base ** (-torch.arange(0, d, 2).float() / d)
@@ -122,6 +138,8 @@ WRONG_ROPE = [
     Wrong("frequencies interleaved", lambda x, p, b: rope_learner(x, p, b, freq_layout="interleave"),
           "laid out for adjacent pairs"),
     Wrong("positions from one", lambda x, p, b: rope_learner(x, p, b, shift=1), "off by one"),
+    Wrong("pairs counted from 1, as in the paper's formula", rope_pairs_from_one, "counted from 1"),
+    Wrong("halves concatenated in the wrong order", rope_halves_swapped, "halves come back swapped"),
     Wrong("returns nothing", lambda x, p, b: None, "None"),
     Wrong("holdout: second half left alone", rope_first_half_only, None),
 ]
@@ -216,6 +234,16 @@ def step_learner(q, k_new, v_new, cache_k, cache_v, base, *, at=lambda t: t, rot
     return (out, cache_k, cache_v) if keep_old else (out, stored_k, values)
 
 
+def step_rotates_whole_cache(q, k_new, v_new, cache_k, cache_v, base):
+    t = cache_k.shape[2]
+    q = L.rope_halves(q, torch.tensor([t]), base)
+    ck, cv = torch.cat([cache_k, k_new], 2), torch.cat([cache_v, v_new], 2)
+    n = q.shape[1] // ck.shape[1]
+    k = L.rope_halves(ck, torch.arange(t + 1), base)
+    w = (q @ L.repeat_kv(k, n).transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
+    return w @ L.repeat_kv(cv, n), ck, cv
+
+
 def step_scaled_by_d(q, k_new, v_new, cache_k, cache_v, base):   # holdout
     t = cache_k.shape[2]
     pos = torch.tensor([t])
@@ -229,6 +257,8 @@ def step_scaled_by_d(q, k_new, v_new, cache_k, cache_v, base):   # holdout
 WRONG_STEP = [
     Wrong("rotated at position 0", lambda *a: step_learner(*a, at=lambda t: 0), "not turned for its position"),
     Wrong("rotated at t + 1", lambda *a: step_learner(*a, at=lambda t: t + 1), "position t + 1"),
+    Wrong("rotated at t - 1", lambda *a: step_learner(*a, at=lambda t: t - 1), "position t - 1"),
+    Wrong("the whole cache rotated each step", step_rotates_whole_cache, "rotated again"),
     Wrong("is_causal with one query", lambda *a: step_learner(*a, causal=True), "is_causal=True with one query"),
     Wrong("attends to the old cache", lambda *a: step_learner(*a, attend_first=True), "attended before"),
     Wrong("heads tiled", lambda *a: step_learner(*a, tile=True), "tiled"),
