@@ -207,10 +207,14 @@ def expected_gpu_attention() -> dict:
     From the course's kept reference table (``course/data/reference/sdpa_h100.json``, recorded by
     ``utils/gpu_reference.py``: the naive row at bf16, head size 128, 4096 tokens, non-causal) when it
     exists; otherwise from :data:`course.sdpa_bench.QUOTED_H100`, whose label says the figures were quoted,
-    not measured by this course. Returns ``{"source", "config", "ms", "tflops"}``; ``source`` names where
-    the numbers come from and must be printed with them.
+    not measured by this course. Returns ``{"source", "config", "ms", "tflops", "flops"}``; ``source`` names
+    where the numbers come from and must be printed with them; ``flops`` is the problem's size in FLOPs,
+    counted by :func:`course.efficient.attention_flops` (``None`` if the quoted configuration cannot be read).
     """
+    import re
+
     from . import sdpa_bench
+    from .efficient import attention_flops
 
     reference = sdpa_bench.load_reference()
     if reference is not None:
@@ -221,10 +225,16 @@ def expected_gpu_attention() -> dict:
                     and r.status == sdpa_bench.OK:
                 return {"source": f"measured by this course on {meta['device']} ({meta['date']})",
                         "config": f"bf16, batch {e.batch}, {e.heads} heads, head size 128, 4096 tokens, non-causal, forward",
-                        "ms": r.ms, "tflops": r.tflops}
+                        "ms": r.ms, "tflops": r.tflops, "flops": e.flops}
     quoted = sdpa_bench.QUOTED_H100
     naive = next(row for row in quoted["rows"] if row["backend"] == "naive")
-    return {"source": quoted["label"], "config": quoted["config"], "ms": naive["ms"], "tflops": naive["tflops"]}
+    sizes = re.search(r"batch (\d+), (\d+) heads, head size (\d+), (\d+) tokens", quoted["config"])
+    flops = None
+    if sizes:
+        batch, heads, head_dim, seq = (int(v) for v in sizes.groups())
+        flops = attention_flops(batch, heads, seq, head_dim, causal="non-causal" not in quoted["config"])
+    return {"source": quoted["label"], "config": quoted["config"], "ms": naive["ms"], "tflops": naive["tflops"],
+            "flops": flops}
 
 
 def gradient_reach(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

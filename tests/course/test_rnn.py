@@ -153,6 +153,9 @@ def test_expected_gpu_figure_is_the_labelled_quote_without_a_reference(monkeypat
     naive = next(r for r in sdpa_bench.QUOTED_H100["rows"] if r["backend"] == "naive")
     assert (got["ms"], got["tflops"]) == (naive["ms"], naive["tflops"])
     assert "not measured by this course" in got["source"] and got["config"] == sdpa_bench.QUOTED_H100["config"]
+    from course.efficient import attention_flops
+    assert got["flops"] == attention_flops(4, 16, 4096, 128)                   # the quoted configuration's size
+    assert got["flops"] / 1e12 / (got["ms"] * 1e-3) == pytest.approx(got["tflops"], rel=0.05)  # consistent quote
 
 
 def test_expected_gpu_figure_comes_from_the_reference_table_when_one_is_kept(monkeypatch, tmp_path):
@@ -165,7 +168,7 @@ def test_expected_gpu_figure_comes_from_the_reference_table_when_one_is_kept(mon
     path = sdpa_bench.save_table(rows, tmp_path / "ref.json", device="cpu")
     monkeypatch.setattr(sdpa_bench, "load_reference", lambda *a, **k: sdpa_bench.load_table(path))
     got = expected_gpu_attention()
-    assert (got["ms"], got["tflops"]) == (11.0, 50.0)
+    assert (got["ms"], got["tflops"], got["flops"]) == (11.0, 50.0, naive.flops)
     assert got["source"].startswith("measured by this course on") and "batch 4, 16 heads" in got["config"]
 
 
