@@ -9,7 +9,10 @@ two families:
   you need") and :class:`LearnedPositionalEmbedding` (a trained table, as in BERT and GPT-2);
 - *rotary* encodings (RoPE, Su et al. 2021), applied to queries and keys inside attention:
   :func:`apply_rope` / :class:`RotaryEmbedding`. They rotate each pair of dimensions by an angle
-  proportional to the position, so ``q_m . k_n`` depends only on ``m - n``.
+  proportional to the position, so ``q_m . k_n`` depends only on ``m - n``. Two layouts of the pairs
+  exist (adjacent pairs, or split halves as in Hugging Face's Llama); they differ by a fixed
+  permutation of the dimensions (:func:`rope_halves_permutation`), which a checkpoint carries in the
+  order of its query and key projection rows (:func:`permute_rope_rows`).
 
 Both use the same frequencies ``omega_i = base ** (-2i / d)`` for the pair of dimensions
 ``(2i, 2i + 1)``, and both need an even ``d``: every frequency owns one sine and one cosine (one
@@ -34,6 +37,8 @@ __all__ = [
     "rope_angles",
     "apply_rope",
     "RotaryEmbedding",
+    "rope_halves_permutation",
+    "permute_rope_rows",
     "permutation_gap",
     "EncodingEntry",
     "encoding_entry",
@@ -216,6 +221,45 @@ class RotaryEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_head={self.d_head}, base={self.base:g}, interleaved={self.interleaved}"
+
+
+def rope_halves_permutation(d: int) -> Tensor:
+    """The dimension order that turns RoPE's interleaved layout into the split-halves one: ``[d]`` (long).
+
+    With ``perm = rope_halves_permutation(d)``, ``x[..., perm]`` puts dimension ``2i`` at place ``i`` and
+    dimension ``2i + 1`` at place ``i + d/2``: the interleaved pair ``(2i, 2i+1)`` becomes the split-halves
+    pair ``(i, i + d/2)``, rotated at the same frequency ``omega_i``. So, for any ``x: [..., seq, d]``::
+
+        apply_rope(x[..., perm], interleaved=False) == apply_rope(x, interleaved=True)[..., perm]
+
+    ``torch.argsort(perm)`` is the inverse (split halves back to interleaved). ``d`` must be even.
+    """
+    _check_even(d, "d")
+    return torch.cat([torch.arange(0, d, 2), torch.arange(1, d, 2)])
+
+
+def permute_rope_rows(weight: Tensor, num_heads: int, to_halves: bool = True) -> Tensor:
+    """Reorder a query or key projection for the other RoPE layout, head by head.
+
+    ``weight: [num_heads * d_head, d_in]`` (``nn.Linear``'s layout: one row per output dimension; a bias
+    ``[num_heads * d_head]`` works too). Row ``r`` of head ``h`` produces dimension ``r`` of that head's
+    query, so reordering the rows within each head by :func:`rope_halves_permutation` (``to_halves=True``)
+    or its inverse (``to_halves=False``) gives a projection whose queries are the old ones with their
+    dimensions permuted. A model that applies split-halves RoPE to the new projection computes exactly
+    the attention scores that interleaved RoPE computes with the old one (and the reverse). Values and the
+    output projection are not touched. Returns a new tensor shaped like ``weight``.
+    """
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive whole number, got {num_heads!r}")
+    if weight.dim() not in (1, 2) or weight.shape[0] % num_heads:
+        raise ValueError(f"permute_rope_rows expects a weight [num_heads * d_head, d_in] or a bias [num_heads * d_head] "
+                         f"with num_heads={num_heads} dividing its first axis, got shape {tuple(weight.shape)}")
+    d_head = weight.shape[0] // num_heads
+    perm = rope_halves_permutation(d_head).to(weight.device)
+    if not to_halves:
+        perm = torch.argsort(perm)
+    per_head = weight.reshape(num_heads, d_head, *weight.shape[1:])
+    return per_head[:, perm].reshape(weight.shape).clone()
 
 
 def permutation_gap(f: Callable[[Tensor], Tensor], x: Tensor, perm: Tensor) -> Tensor:

@@ -31,6 +31,8 @@ __all__ = [
     "lstm_weights_from_torch",
     "attention_forward",
     "sequential_steps",
+    "layer_multiply_adds",
+    "expected_gpu_attention",
     "gradient_reach",
     "reach_curves",
     "time_sequence_models",
@@ -177,6 +179,62 @@ def sequential_steps(kind: str, seq_len: int, n_layers: int = 1) -> int:
     if kind == "attention":
         return n_layers
     raise ValueError(f"kind must be 'rnn' or 'attention', got {kind!r}")
+
+
+def layer_multiply_adds(kind: str, n: int, d: int) -> int:
+    """Multiply-adds of one layer's forward pass over ``n`` tokens of width ``d`` (batch 1, biases not counted).
+
+    - ``"rnn"``: ``2 n d^2``: ``x_t W_xh`` and ``h_{t-1} W_hh`` for every token;
+    - ``"lstm"``: ``8 n d^2``: the same two products for each of the four gates;
+    - ``"attention"``: ``3 n d^2 + 2 n^2 d``: the projections Q, K, V (``n d^2`` each), then ``Q K^T`` and
+      ``weights @ V``, ``n^2 d`` multiply-adds each.
+
+    A multiply-add is two floating-point operations, so attention's two products are ``4 n^2 d`` FLOPs,
+    the count of :func:`course.efficient.attention_flops` (lesson 11).
+    """
+    for name, value in (("n", n), ("d", d)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    counts = {"rnn": 2 * n * d * d, "lstm": 8 * n * d * d, "attention": 3 * n * d * d + 2 * n * n * d}
+    if kind not in counts:
+        raise ValueError(f"kind must be one of {sorted(counts)}, got {kind!r}")
+    return counts[kind]
+
+
+def expected_gpu_attention() -> dict:
+    """The GPU figure lesson 01 prints beside the learner's own: naive attention, forward, on a real GPU.
+
+    From the course's kept reference table (``course/data/reference/sdpa_h100.json``, recorded by
+    ``utils/gpu_reference.py``: the naive row at bf16, head size 128, 4096 tokens, non-causal) when it
+    exists; otherwise from :data:`course.sdpa_bench.QUOTED_H100`, whose label says the figures were quoted,
+    not measured by this course. Returns ``{"source", "config", "ms", "tflops", "flops"}``; ``source`` names
+    where the numbers come from and must be printed with them; ``flops`` is the problem's size in FLOPs,
+    counted by :func:`course.efficient.attention_flops` (``None`` if the quoted configuration cannot be read).
+    """
+    import re
+
+    from . import sdpa_bench
+    from .efficient import attention_flops
+
+    reference = sdpa_bench.load_reference()
+    if reference is not None:
+        meta, results = reference
+        for r in results:
+            e = r.entry
+            if (e.backend, e.dtype, e.head_dim, e.seq, e.causal, e.mode) == ("naive", "bfloat16", 128, 4096, False, "fwd") \
+                    and r.status == sdpa_bench.OK:
+                return {"source": f"measured by this course on {meta['device']} ({meta['date']})",
+                        "config": f"bf16, batch {e.batch}, {e.heads} heads, head size 128, 4096 tokens, non-causal, forward",
+                        "ms": r.ms, "tflops": r.tflops, "flops": e.flops}
+    quoted = sdpa_bench.QUOTED_H100
+    naive = next(row for row in quoted["rows"] if row["backend"] == "naive")
+    sizes = re.search(r"batch (\d+), (\d+) heads, head size (\d+), (\d+) tokens", quoted["config"])
+    flops = None
+    if sizes:
+        batch, heads, head_dim, seq = (int(v) for v in sizes.groups())
+        flops = attention_flops(batch, heads, seq, head_dim, causal="non-causal" not in quoted["config"])
+    return {"source": quoted["label"], "config": quoted["config"], "ms": naive["ms"], "tflops": naive["tflops"],
+            "flops": flops}
 
 
 def gradient_reach(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

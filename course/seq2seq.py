@@ -9,6 +9,8 @@ vocabulary's (1 and 2).
 * :func:`greedy_decode` is batched: every step appends each row's most likely next token.
 * :func:`beam_search` is batched too: all examples' beams go through the decoder together, and
   :func:`beam_step` (one step for one example, a small pure function) picks each example's survivors.
+* :func:`compare_greedy_and_beam` measures what beam search changes: outputs changed, fixed and broken,
+  exact match, and how likely the model finds each decoder's outputs.
 
 Bad input (beam size < 1, an empty source, a source longer than the model's ``context_length``, a source
 string with unknown characters) raises a ``ValueError`` with a one-line message.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +28,7 @@ from course.data.tasks import SEQ2SEQ_VOCAB, CharVocab, encode_sources
 from course.utils import eval_mode
 
 __all__ = ["cross_attention", "validate_source", "greedy_decode", "beam_step", "length_normalise", "beam_search",
-           "sequence_log_prob", "exact_match", "cross_attention_maps", "translate"]
+           "sequence_log_prob", "exact_match", "DecodingComparison", "compare_greedy_and_beam", "cross_attention_maps", "translate"]
 
 BOS_ID, EOS_ID = SEQ2SEQ_VOCAB.bos_id, SEQ2SEQ_VOCAB.eos_id
 
@@ -186,17 +189,25 @@ def beam_search(model: nn.Module, src: Tensor, beam_size: int, max_new_tokens: i
 @torch.no_grad()
 def sequence_log_prob(model: nn.Module, src: Tensor, outputs: Sequence[Sequence[int]], bos_id: int = BOS_ID,
                       eos_id: int = EOS_ID) -> Tensor:
-    """Total log-probability ``[b]`` the model gives each output (its tokens, then ``<eos>``) for its source."""
+    """Total log-probability ``[b]`` the model gives each output (its tokens, then ``<eos>``) for its source.
+
+    One forward pass for the whole batch: the decoder inputs are padded at the end, and the causal mask
+    keeps the padding from changing any real position's prediction; padded positions are not counted.
+    """
     validate_source(model, src)
     if len(outputs) != src.shape[0]:
         raise ValueError(f"{len(outputs)} outputs for {src.shape[0]} sources")
-    totals = []
+    rows = [[bos_id, *out, eos_id] for out in outputs]
+    lengths = torch.tensor([len(r) - 1 for r in rows], device=src.device)          # predicted tokens per row
+    ids = torch.full((len(rows), max(map(len, rows))), getattr(model.config, "pad_id", 0), dtype=torch.long,
+                     device=src.device)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     with eval_mode(model):
-        for row, out in zip(src, outputs):
-            ids = torch.tensor([bos_id, *out, eos_id], dtype=torch.long, device=src.device)
-            logp = torch.log_softmax(model(row[None], ids[None, :-1]).float(), -1)[0]     # [t, vocab]
-            totals.append(logp.gather(1, ids[1:, None]).sum())
-    return torch.stack(totals)
+        logp = torch.log_softmax(model(src, ids[:, :-1]).float(), -1)              # [b, t, vocab]
+    picked = logp.gather(-1, ids[:, 1:, None])[..., 0]                              # [b, t]
+    counted = torch.arange(picked.shape[1], device=src.device)[None, :] < lengths[:, None]
+    return torch.where(counted, picked, torch.zeros_like(picked)).sum(-1)
 
 
 def exact_match(predictions: Sequence, targets: Sequence) -> float:
@@ -207,6 +218,57 @@ def exact_match(predictions: Sequence, targets: Sequence) -> float:
         raise ValueError("exact_match needs at least one example")
     return sum(list(p) == list(t) if not isinstance(p, str) else p == t
                for p, t in zip(predictions, targets)) / len(targets)
+
+
+@dataclass(frozen=True)
+class DecodingComparison:
+    """Greedy decoding against beam search on the same sources (see :func:`compare_greedy_and_beam`)."""
+
+    n: int                      # sources compared
+    greedy_exact: float         # exact-match accuracy of greedy decoding
+    beam_exact: float           # ... and of beam search
+    changed: int                # outputs where beam search differs from greedy
+    fixed: int                  # greedy wrong, beam right
+    broken: int                 # greedy right, beam wrong
+    greedy_log_prob: float      # mean log-probability of greedy's outputs (then <eos>) under the model
+    beam_log_prob: float        # ... of beam search's outputs
+    beam_at_least_greedy: int   # sources where beam's output is at least as likely as greedy's
+
+
+def compare_greedy_and_beam(model: nn.Module, src: Tensor, targets: Sequence[str], beam_size: int = 4,
+                            max_new_tokens: int = 20, length_penalty: float = 0.0, vocab: CharVocab = SEQ2SEQ_VOCAB,
+                            greedy_ids: Sequence[Sequence[int]] | None = None,
+                            beam_ids: Sequence[Sequence[int]] | None = None) -> DecodingComparison:
+    """Decode ``src [b, s]`` both ways and count what beam search changes against the ``b`` target strings.
+
+    Outputs already decoded can be passed (``greedy_ids``, ``beam_ids``: ``b`` lists of ids, as
+    :func:`greedy_decode` and :func:`beam_search` return them). The log-probabilities are
+    :func:`sequence_log_prob`'s (each output followed by ``<eos>``); "at least as likely" allows 1e-4 of
+    float32 rounding.
+    """
+    if len(targets) != src.shape[0]:
+        raise ValueError(f"{len(targets)} targets for {src.shape[0]} sources")
+    if greedy_ids is None:
+        greedy_ids = greedy_decode(model, src, max_new_tokens)
+    if beam_ids is None:
+        beam_ids = beam_search(model, src, beam_size, max_new_tokens, length_penalty=length_penalty)
+    if len(greedy_ids) != len(targets) or len(beam_ids) != len(targets):
+        raise ValueError(f"{len(greedy_ids)} greedy and {len(beam_ids)} beam outputs for {len(targets)} targets")
+    greedy = [vocab.decode(ids) for ids in greedy_ids]
+    beam = [vocab.decode(ids) for ids in beam_ids]
+    greedy_lp = sequence_log_prob(model, src, greedy_ids)
+    beam_lp = sequence_log_prob(model, src, beam_ids)
+    return DecodingComparison(
+        n=len(targets),
+        greedy_exact=exact_match(greedy, targets),
+        beam_exact=exact_match(beam, targets),
+        changed=sum(g != b for g, b in zip(greedy, beam)),
+        fixed=sum(g != t and b == t for g, b, t in zip(greedy, beam, targets)),
+        broken=sum(g == t and b != t for g, b, t in zip(greedy, beam, targets)),
+        greedy_log_prob=float(greedy_lp.mean()),
+        beam_log_prob=float(beam_lp.mean()),
+        beam_at_least_greedy=int((beam_lp >= greedy_lp - 1e-4).sum()),
+    )
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Checkers for lesson 04 (positional encodings): sinusoidal encodings, the offset matrix, RoPE, permutations.
+"""Checkers for lesson 04 (positional encodings): sinusoidal encodings, the offset matrix, RoPE (adjacent pairs
+and split halves), permutations.
 
 Every ``check_*`` prints one line and returns the result; ``strict=False`` reports without raising
 even under a grader (to show what a checker says about a deliberately wrong function).
@@ -8,7 +9,7 @@ one and from the other mistakes (small positions and dimensions on the first cas
 "inverted frequency" mistakes, with their huge angles, are computed reproducibly).
 
 The boundaries: a single position and the smallest d_model (2); offsets k = 0 (the identity), negative
-and larger than d_model; RoPE on one position (left unrotated), d = 2 and batches with head axes in
+and larger than d_model; RoPE on one position (left unrotated), d = 2 (where the two layouts coincide) and batches with head axes in
 front (so the positions must be read from axis -2); permutation tests with a batch at least as long as
 the sequence (so permuting the batch axis by mistake runs), with a permutation whose inverse differs.
 """
@@ -151,11 +152,18 @@ def _rope_cases() -> list[tuple]:
     ]
 
 
-def _rope_with(omega_fn, pos_shift: int = 0, sign: float = 1.0, layout: str = "interleave", rotate: bool = True):
+def _rope_with(omega_fn, pos_shift: int = 0, sign: float = 1.0, layout: str = "interleave", rotate: bool = True,
+               pair_order: str = "same"):
     def rope(x: torch.Tensor) -> torch.Tensor:
         seq, d = x.shape[-2], x.shape[-1]
         pos = torch.arange(seq, dtype=torch.float64) + pos_shift
         angles = pos[:, None] * omega_fn(d)[None, :] if rotate else omega_fn(d)[None, :].expand(seq, -1)
+        if pair_order == "repeat_interleave":   # split halves, but the frequencies laid out (w0, w0, w1, w1, ...)
+            angles = angles.repeat_interleave(2, dim=-1)
+            angles = torch.stack([angles[:, : d // 2], angles[:, d // 2:]])           # first half, second half
+            cos, sin = angles.cos().float(), (sign * angles.sin()).float()
+            x0, x1 = x[..., : d // 2], x[..., d // 2:]
+            return torch.cat([x0 * cos[0] - x1 * sin[0], x1 * cos[1] + x0 * sin[1]], dim=-1)
         cos, sin = angles.cos().float(), (sign * angles.sin()).float()
         if layout == "interleave":
             pairs = rearrange(x, "... (h two) -> ... h two", two=2)
@@ -199,6 +207,48 @@ def check_apply_rope(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(x: [..., seq, d]) -> [..., seq, d]``: RoPE with positions 0..seq-1, base 10000, adjacent pairs."""
     return check_function("apply_rope", fn, lambda x: apply_rope(x), _rope_cases(), mistakes=ROPE_MISTAKES,
                           atol=1e-5, rtol=1e-4, exception_hints=ROPE_EXCEPTION_HINTS, strict=strict)
+
+
+# ----------------------------------------------------------------------------------------------
+# RoPE on split halves: fn(x) -> x rotated, pairs (i, i + d/2), as in Hugging Face's Llama ("rotate half")
+# ----------------------------------------------------------------------------------------------
+
+
+def _rope_halves_rotate_half_swapped(x: torch.Tensor) -> torch.Tensor:
+    """rotate_half written as cat([x2, -x1]) instead of cat([-x2, x1]): the rotation runs the other way."""
+    return _rope_with(_omega, sign=-1.0, layout="halves")(x)
+
+
+ROPE_HALVES_MISTAKES = [
+    Mistake("paired adjacent dimensions (2i, 2i+1): in the split-halves layout dimension i pairs with i + d/2 "
+            "(x1 = x[..., :d//2], x2 = x[..., d//2:])",
+            _rope_with(_omega)),
+    Mistake("rotated the wrong way: rotate_half(x) is cat([-x2, x1]) (minus on the second half), so the result is "
+            "(x1 cos - x2 sin, x2 cos + x1 sin); you have the signs of sin swapped",
+            _rope_halves_rotate_half_swapped),
+    Mistake("frequencies in the wrong order: each half runs through omega_0 .. omega_{d/2-1} once, so the angles of "
+            "the full vector are cat([angles, angles], -1), not angles.repeat_interleave(2, -1)",
+            _rope_with(_omega, pair_order="repeat_interleave")),
+    Mistake("frequencies inverted: the angle is pos / 10000^(2i/d), not pos * 10000^(2i/d)",
+            _rope_with(lambda d: 1.0 / _omega(d), layout="halves")),
+    Mistake("the angle ignores the position: rotate position m by m * omega_i, so position 0 is unchanged",
+            _rope_with(_omega, rotate=False, layout="halves")),
+    Mistake("positions start at 1: the first position is 0 and is left unrotated",
+            _rope_with(_omega, pos_shift=1, layout="halves")),
+    Mistake("wrong exponent: omega_i = 10000^(-2i/d) with i counting pairs; you used i/d",
+            _rope_with(lambda d: torch.pow(10000.0, -torch.arange(0, d // 2, dtype=torch.float64) / d), layout="halves")),
+    Mistake("wrong exponent: omega_i = 10000^(-2i/d) with i counting pairs (0, 1, 2, ...); the values of "
+            "torch.arange(0, d, 2) are already 2i, so don't double them",
+            _rope_with(lambda d: torch.pow(10000.0, -2 * torch.arange(0, d, 2, dtype=torch.float64) / d),
+                       layout="halves")),
+]
+
+
+def check_apply_rope_halves(fn, strict: bool | None = None) -> CheckResult:
+    """Check ``fn(x: [..., seq, d]) -> [..., seq, d]``: RoPE with pairs (i, i + d/2), positions 0..seq-1, base 10000."""
+    return check_function("apply_rope_halves", fn, lambda x: apply_rope(x, interleaved=False), _rope_cases(),
+                          mistakes=ROPE_HALVES_MISTAKES, atol=1e-5, rtol=1e-4, exception_hints=ROPE_EXCEPTION_HINTS,
+                          strict=strict)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""The original Transformer (2017): an encoder reads the source, a decoder writes the target.
+"""The encoder-decoder of the 2017 Transformer: an encoder reads the source, a decoder writes the target.
+
+Pre-norm by default (``norm_first=True``: ``x + sublayer(norm(x))`` in every block, and a final LayerNorm
+at the end of each stack), where the 2017 paper is post-norm (``norm(x + sublayer(x))``, which
+``norm_first=False`` gives): pre-norm trains without depending on a learning-rate warm-up (lesson 06
+measures both wirings). The final norms are kept either way, as in ``torch.nn.Transformer``.
 
     source ids -> embedding * sqrt(d) + sinusoidal positions -> encoder blocks -> memory
     target ids (shifted right) -> embedding * sqrt(d) + positions

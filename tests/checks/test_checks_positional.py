@@ -17,6 +17,7 @@ from checker_assertions import assert_fails_with
 from course.checks.core import NOT_ATTEMPTED
 from course.checks.positional import (
     check_apply_rope,
+    check_apply_rope_halves,
     check_permutation_gap,
     check_relative_offset_matrix,
     check_sinusoidal_encoding,
@@ -241,6 +242,63 @@ def test_rope_raising_and_in_place_give_one_line():
     assert_fails_with(check_apply_rope(rope_in_place), "in place")
 
 
+# ------------------------------------------------------------------------------------ RoPE on split halves
+
+
+def rope_rotate_half(x, *, minus_first=True, cat_freqs=True, start=0):
+    """The way Hugging Face's Llama code writes it (cos/sin of cat(freqs, freqs), rotate_half), with switches."""
+    seq, d = x.shape[-2], x.shape[-1]
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
+    freqs = torch.outer(torch.arange(start, start + seq).float(), inv_freq)           # [seq, d/2]
+    emb = torch.cat((freqs, freqs), dim=-1) if cat_freqs else freqs.repeat_interleave(2, dim=-1)
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    rotated = torch.cat((-x2, x1), dim=-1) if minus_first else torch.cat((x2, -x1), dim=-1)
+    return x * emb.cos() + rotated * emb.sin()
+
+
+def rope_halves_by_permuting(x):
+    """Reorder to adjacent pairs, rotate as complex numbers, reorder back."""
+    d = x.shape[-1]
+    order = [j for i in range(d // 2) for j in (i, i + d // 2)]      # halves -> adjacent pairs
+    back = [order.index(j) for j in range(d)]
+    return rope_complex(x[..., order])[..., back]
+
+
+def rope_halves_positions_from_axis_1(x):
+    d = x.shape[-1]
+    angles = torch.arange(x.shape[1]).float()[:, None] * 10000.0 ** (-torch.arange(0, d, 2).float() / d)
+    emb = torch.cat([angles, angles], -1)
+    return x * emb.cos() + torch.cat([-x[..., d // 2:], x[..., : d // 2]], -1) * emb.sin()
+
+
+def rope_halves_flip(x):
+    """A holdout: 'rotate half' done with flip, which reverses the order inside each half too."""
+    seq, d = x.shape[-2], x.shape[-1]
+    angles = torch.arange(seq).float()[:, None] * 10000.0 ** (-torch.arange(0, d, 2).float() / d)
+    emb = torch.cat([angles, angles], -1)
+    flipped = x.flip(-1)
+    return x * emb.cos() + torch.cat([-flipped[..., : d // 2], flipped[..., d // 2:]], -1) * emb.sin()
+
+
+WRONG_ROPE_HALVES = [
+    Wrong("adjacent pairs", rope_loops, "paired adjacent dimensions"),
+    Wrong("rotate_half with the minus on the first half", lambda x: rope_rotate_half(x, minus_first=False), "wrong way"),
+    Wrong("frequencies repeat_interleaved", lambda x: rope_rotate_half(x, cat_freqs=False), "frequencies in the wrong order"),
+    Wrong("frequencies inverted", lambda x: rope_loops(x, halves=True, invert=True), "frequencies inverted"),
+    Wrong("angle ignores position", lambda x: rope_loops(x, halves=True, no_pos=True), "ignores the position"),
+    Wrong("positions from 1", lambda x: rope_rotate_half(x, start=1), "positions start at 1"),
+    Wrong("exponent i/d", lambda x: rope_loops(x, halves=True, exponent=1), "you used i/d"),
+    Wrong("2i doubled", lambda x: rope_loops(x, halves=True, exponent=4), "don't double them"),
+    Wrong("positions from axis 1", rope_halves_positions_from_axis_1, "the positions run along the second-to-last axis"),
+    Wrong("rotate half by flipping", rope_halves_flip, None),  # holdout
+]
+RIGHT_ROPE_HALVES = [
+    Right("rotate_half, as in Hugging Face's Llama", rope_rotate_half),
+    Right("loops over (i, i + d/2)", lambda x: rope_loops(x, halves=True)),
+    Right("permuted to adjacent pairs and back", rope_halves_by_permuting),
+]
+
+
 # ------------------------------------------------------------------------------------ permutation gap
 
 
@@ -288,6 +346,7 @@ LIBRARY = {
     check_sinusoidal_encoding: (WRONG_SINUSOIDAL, RIGHT_SINUSOIDAL),
     check_relative_offset_matrix: (WRONG_OFFSET, RIGHT_OFFSET),
     check_apply_rope: (WRONG_ROPE, RIGHT_ROPE),
+    check_apply_rope_halves: (WRONG_ROPE_HALVES, RIGHT_ROPE_HALVES),
     check_permutation_gap: (WRONG_GAP, RIGHT_GAP),
 }
 
@@ -302,6 +361,7 @@ test_each_wrong_answer_fails_with_its_words, test_each_right_answer_passes = lib
     (check_sinusoidal_encoding, "SINUSOIDAL_MISTAKES"),
     (check_relative_offset_matrix, "OFFSET_MISTAKES"),
     (check_apply_rope, "ROPE_MISTAKES"),
+    (check_apply_rope_halves, "ROPE_HALVES_MISTAKES"),
     (check_permutation_gap, "PERMUTATION_MISTAKES"),
 ])
 def test_every_listed_mistake_is_diagnosed_with_its_own_hint(checker, mistakes):

@@ -15,7 +15,9 @@ from course.positional import (
     describe_encoding_entry,
     encoding_entry,
     permutation_gap,
+    permute_rope_rows,
     relative_offset_matrix,
+    rope_halves_permutation,
     sinusoidal_encoding,
     sinusoidal_frequencies,
 )
@@ -189,6 +191,87 @@ def test_rotary_module_equals_the_function_and_has_no_parameters():
     x = torch.randn(2, 4, 9, 16)
     torch.testing.assert_close(rope(x), apply_rope(x, base=500.0), atol=0, rtol=0)
     assert sum(p.numel() for p in rope.parameters()) == 0
+
+
+# ------------------------------------------------------------------------------------ the two RoPE layouts
+
+
+def test_rope_split_halves_equals_hugging_face_llama_rotary_embedding():
+    """The reference: transformers' Llama code (rotate_half, cos/sin of cat(freqs, freqs)), float32."""
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    from hf_support import quietly
+
+    config = quietly(LlamaConfig, hidden_size=64, num_attention_heads=4, head_dim=16, max_position_embeddings=64)
+    q, k = torch.randn(2, 4, 11, 16), torch.randn(2, 4, 11, 16)                 # [batch, heads, seq, d_head]
+    positions = torch.arange(11)[None].expand(2, -1)
+    cos, sin = LlamaRotaryEmbedding(config)(q, positions)
+    q_hf, k_hf = apply_rotary_pos_emb(q, k, cos, sin)
+    torch.testing.assert_close(apply_rope(q, interleaved=False), q_hf, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(apply_rope(k, interleaved=False), k_hf, atol=1e-5, rtol=1e-5)
+    assert (apply_rope(q) - q_hf).abs().max() > 0.1          # the interleaved layout is a different function
+
+
+@pytest.mark.parametrize("d", [2, 8, 10, 64])
+def test_halves_permutation_turns_one_layout_into_the_other_and_back(d):
+    perm = rope_halves_permutation(d)
+    assert sorted(perm.tolist()) == list(range(d))
+    assert perm[: d // 2].tolist() == list(range(0, d, 2)) and perm[d // 2:].tolist() == list(range(1, d, 2))
+    x = torch.randn(3, 7, d)
+    inverse = torch.argsort(perm)
+    torch.testing.assert_close(apply_rope(x, interleaved=False), apply_rope(x[..., inverse])[..., perm],
+                               atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(apply_rope(x), apply_rope(x[..., perm], interleaved=False)[..., inverse],
+                               atol=1e-6, rtol=1e-6)
+
+
+def test_scores_are_equal_when_queries_and_keys_are_permuted_alike():
+    q, k, perm = torch.randn(9, 16), torch.randn(9, 16), rope_halves_permutation(16)
+    interleaved = apply_rope(q) @ apply_rope(k).T
+    halves = apply_rope(q[:, perm], interleaved=False) @ apply_rope(k[:, perm], interleaved=False).T
+    torch.testing.assert_close(halves, interleaved, atol=1e-5, rtol=1e-5)
+
+
+def llama_conversion_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """An independent formula: the row order of Hugging Face's Llama weight conversion, written here from
+    its definition (view each head as [d_head/2, 2] pairs, swap to [2, d_head/2])."""
+    dim1, dim2 = w.shape
+    return w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)
+
+
+def test_permute_rope_rows_matches_the_llama_conversion_formula_and_inverts():
+    w = torch.randn(4 * 16, 48)
+    torch.testing.assert_close(permute_rope_rows(w, 4), llama_conversion_permute(w, 4), atol=0, rtol=0)
+    torch.testing.assert_close(permute_rope_rows(permute_rope_rows(w, 4), 4, to_halves=False), w, atol=0, rtol=0)
+    bias = torch.randn(64)
+    torch.testing.assert_close(permute_rope_rows(bias, 4), llama_conversion_permute(bias[:, None], 4)[:, 0])
+
+
+def test_a_checkpoint_converted_by_permuting_rows_gives_the_same_attention_scores():
+    heads, d_head, d_in = 3, 8, 20
+    w_q, w_k = torch.randn(heads * d_head, d_in), torch.randn(heads * d_head, d_in)
+    x = torch.randn(2, 6, d_in)                                                   # [batch, seq, d_in]
+
+    def scores(wq, wk, interleaved):
+        q = (x @ wq.T).view(2, 6, heads, d_head).transpose(1, 2)                  # [batch, heads, seq, d_head]
+        k = (x @ wk.T).view(2, 6, heads, d_head).transpose(1, 2)
+        return apply_rope(q, interleaved=interleaved) @ apply_rope(k, interleaved=interleaved).transpose(-1, -2)
+
+    want = scores(w_q, w_k, interleaved=True)
+    got = scores(permute_rope_rows(w_q, heads), permute_rope_rows(w_k, heads), interleaved=False)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    assert (scores(w_q, w_k, interleaved=False) - want).abs().max() > 0.1       # unconverted weights differ
+
+
+def test_rope_layout_helpers_name_bad_input():
+    with pytest.raises(ValueError, match="d must be even"):
+        rope_halves_permutation(7)
+    with pytest.raises(ValueError, match=r"num_heads=5 dividing .*\(64, 8\)"):
+        permute_rope_rows(torch.randn(64, 8), 5)
+    with pytest.raises(ValueError, match="num_heads must be a positive whole number"):
+        permute_rope_rows(torch.randn(64, 8), 0)
 
 
 # ------------------------------------------------------------------------------------ permutations

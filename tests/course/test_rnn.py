@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from course.rnn import (
+    expected_gpu_attention,
+    layer_multiply_adds,
     attention_forward,
     gradient_reach,
     lstm_forward,
@@ -109,6 +111,65 @@ def test_sequential_steps_rejects_unknown_kinds_and_lengths():
         sequential_steps("lstm", 3)
     with pytest.raises(ValueError, match="at least 1"):
         sequential_steps("rnn", 0)
+
+
+@pytest.mark.parametrize("n, d", [(16, 8), (40, 12)])
+def test_multiply_add_counts_equal_what_pytorch_flop_counter_counts(n, d):
+    """Reference: torch.utils.flop_counter counts 2 FLOPs per multiply-add of every matrix product it sees."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, n, d)
+    W, b = torch.randn(d, d), torch.zeros(d)
+    runs = {"rnn": lambda: rnn_forward(x, W, W, b),
+            "lstm": lambda: lstm_forward(x, torch.randn(d, 4 * d), torch.randn(d, 4 * d), torch.zeros(4 * d)),
+            "attention": lambda: attention_forward(x, W, W, W)}
+    for kind, run in runs.items():
+        with FlopCounterMode(display=False) as counter:
+            run()
+        assert counter.get_total_flops() == 2 * layer_multiply_adds(kind, n, d), kind
+
+
+def test_attention_products_are_counted_the_way_lesson_11_counts_them():
+    from course.efficient import attention_flops
+
+    for n, d in [(1024, 64), (4096, 64), (7, 3)]:
+        products = layer_multiply_adds("attention", n, d) - 3 * n * d * d       # minus the Q, K, V projections
+        assert products == 2 * n * n * d                                        # n^2 d multiply-adds per product
+        assert 2 * products == attention_flops(1, 1, n, d)                      # 2 n^2 d FLOPs per product
+
+
+def test_multiply_add_counts_name_bad_input():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        layer_multiply_adds("gru", 4, 4)
+    with pytest.raises(ValueError, match="n must be a whole number >= 1, got 0"):
+        layer_multiply_adds("rnn", 0, 4)
+
+
+def test_expected_gpu_figure_is_the_labelled_quote_without_a_reference(monkeypatch):
+    from course import sdpa_bench
+
+    monkeypatch.setattr(sdpa_bench, "load_reference", lambda *a, **k: None)
+    got = expected_gpu_attention()
+    naive = next(r for r in sdpa_bench.QUOTED_H100["rows"] if r["backend"] == "naive")
+    assert (got["ms"], got["tflops"]) == (naive["ms"], naive["tflops"])
+    assert "not measured by this course" in got["source"] and got["config"] == sdpa_bench.QUOTED_H100["config"]
+    from course.efficient import attention_flops
+    assert got["flops"] == attention_flops(4, 16, 4096, 128)                   # the quoted configuration's size
+    assert got["flops"] / 1e12 / (got["ms"] * 1e-3) == pytest.approx(got["tflops"], rel=0.05)  # consistent quote
+
+
+def test_expected_gpu_figure_comes_from_the_reference_table_when_one_is_kept(monkeypatch, tmp_path):
+    from course import sdpa_bench
+
+    naive = sdpa_bench.Entry("naive", "bfloat16", False, 4096, 128, batch=4, heads=16)
+    flash = sdpa_bench.Entry("flash", "bfloat16", False, 4096, 128, batch=4, heads=16)
+    rows = [sdpa_bench.Result(flash, sdpa_bench.OK, ms=1.0, tflops=500.0),
+            sdpa_bench.Result(naive, sdpa_bench.OK, ms=11.0, tflops=50.0)]
+    path = sdpa_bench.save_table(rows, tmp_path / "ref.json", device="cpu")
+    monkeypatch.setattr(sdpa_bench, "load_reference", lambda *a, **k: sdpa_bench.load_table(path))
+    got = expected_gpu_attention()
+    assert (got["ms"], got["tflops"], got["flops"]) == (11.0, 50.0, naive.flops)
+    assert got["source"].startswith("measured by this course on") and "batch 4, 16 heads" in got["config"]
 
 
 def test_gradient_reach_matches_the_jacobian_computed_by_torch():

@@ -12,6 +12,7 @@ from course.data.tasks import SEQ2SEQ_VOCAB, encode_sources
 from course.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from course.seed import seed_everything
 from course.seq2seq import (
+    compare_greedy_and_beam,
     beam_search,
     beam_step,
     cross_attention_maps,
@@ -72,6 +73,34 @@ def test_beam_search_finds_a_higher_scoring_sequence_than_greedy_on_a_constructe
     greedy_score, beam_score = sequence_log_prob(m, src, [[3]]), sequence_log_prob(m, src, outputs)
     assert float(greedy_score) == pytest.approx(math.log(0.24), abs=1e-5)
     assert float(beam_score) > float(greedy_score)
+
+
+def test_sequence_log_prob_in_one_batch_equals_each_output_scored_alone(model):
+    """Reference: the sum of log_softmax over each output's own forward pass, one source at a time."""
+    src = encode_sources(["2024-03-07", "417", "37+48"])
+    outputs = [[3, 4, 5, 6, 7], [8], []]                       # different lengths: the batch is padded
+    batched = sequence_log_prob(model, src, outputs)
+    for i, out in enumerate(outputs):
+        ids = torch.tensor([[SEQ2SEQ_VOCAB.bos_id, *out, SEQ2SEQ_VOCAB.eos_id]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(src[i: i + 1], ids[:, :-1]), -1)[0]
+        alone = sum(float(logp[t, ids[0, t + 1]]) for t in range(len(out) + 1))
+        assert float(batched[i]) == pytest.approx(alone, abs=1e-4)
+
+
+def test_compare_greedy_and_beam_counts_changed_fixed_and_broken_outputs():
+    m, src = TableModel(), torch.tensor([[3, 4], [4, 3]])
+    # ids 3 and 4 decode to the characters "0" and "1"; greedy says "0" for both sources, beam "1"
+    report = compare_greedy_and_beam(m, src, ["1", "0"], beam_size=2, max_new_tokens=5)
+    assert (report.n, report.changed, report.fixed, report.broken) == (2, 2, 1, 1)
+    assert report.greedy_exact == report.beam_exact == 0.5
+    assert report.greedy_log_prob == pytest.approx(math.log(0.24), abs=1e-5)
+    assert report.beam_log_prob == pytest.approx(math.log(0.36), abs=1e-5)
+    assert report.beam_at_least_greedy == 2
+    same = compare_greedy_and_beam(m, src, ["0", "0"], greedy_ids=[[3], [3]], beam_ids=[[3], [3]])
+    assert (same.changed, same.fixed, same.broken, same.greedy_exact) == (0, 0, 0, 1.0)
+    with pytest.raises(ValueError, match="1 targets for 2 sources"):
+        compare_greedy_and_beam(m, src, ["0"])
 
 
 def test_beam_search_with_one_beam_equals_greedy(model):
