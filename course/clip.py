@@ -20,7 +20,6 @@ captions for a chosen image.
 """
 from __future__ import annotations
 
-import io
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -41,8 +40,8 @@ from course.plotting import use_course_style
 from course.seed import step_seed
 from course.tokenizers import SpecialWordTokenizer
 from course.utils import describe_exception, eval_mode, show_message
-from course.viz import validate_sentence
 from course.vit import VisionTransformer, validate_image
+from course.viz import figure_png, validate_sentence
 
 __all__ = [
     "MAX_LOGIT_SCALE", "clip_logits", "clip_loss", "WordTextEncoder", "FrozenSentenceEncoder", "CLIP",
@@ -409,10 +408,7 @@ class ClipExplorer:
         show_message(self.message, line, ok)
 
     def _draw(self, fig) -> None:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=self.dpi)
-        plt.close(fig)
-        self.image.value = buffer.getvalue()
+        self.image.value = figure_png(fig, self.dpi)
 
     def search_images(self, caption: str) -> bool:
         """The ``k`` gallery images most like ``caption``. False (and one line) if the caption cannot be read."""

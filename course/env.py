@@ -1,9 +1,11 @@
 """What this machine has: package versions, optional extras, and whether widgets can render."""
 from __future__ import annotations
 
+import importlib.util
 import platform
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 from course import utils
 
@@ -38,6 +40,21 @@ def installed_version(distribution: str) -> str | None:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
+
+
+def package_folders(package: str) -> list[Path]:
+    """The folders an installed package lives in, found without importing it (its ``__init__`` may need
+    packages the course does not install); ``[]`` when it is not installed."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    roots = list(spec.submodule_search_locations or [])
+    if not roots and spec.origin:
+        roots = [str(Path(spec.origin).parent)]
+    return [Path(root) for root in roots]
 
 
 def versions() -> list[Package]:

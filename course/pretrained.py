@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from course.env import hub_reachable
+from course.env import hub_reachable, package_folders
 from course.mlm import mean_pool
 from course.models.bert import BertConfig, BertEncoder
 
@@ -61,16 +61,7 @@ def find_minilm_dir() -> Path | None:
 
     The package is located without importing it.
     """
-    try:
-        spec = importlib.util.find_spec(MINILM_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    roots = list(spec.submodule_search_locations or [])
-    if not roots and spec.origin:
-        roots = [str(Path(spec.origin).parent)]
-    for root in roots:
+    for root in package_folders(MINILM_PACKAGE):
         folder = Path(root) / "model"
         if all((folder / f).is_file() for f in _FILES):
             return folder

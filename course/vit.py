@@ -20,7 +20,6 @@ to pick an image, a layer and a head.
 """
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -35,7 +34,7 @@ from course.models.sizes import complete_sizes
 from course.plotting import use_course_style
 from course.seed import step_seed
 from course.utils import describe_exception, eval_mode, show_message
-from course.viz import attention_rollout
+from course.viz import attention_rollout, figure_png
 from course.weights import MODULE_QUESTION, Step, load_plan
 
 __all__ = [
@@ -689,11 +688,7 @@ class ViTExplorer:
         return fig
 
     def _render(self) -> bytes:
-        fig = self.figure()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=self.dpi)
-        plt.close(fig)
-        return buffer.getvalue()
+        return figure_png(self.figure(), self.dpi)
 
     def snapshot(self):
         """The current picture as a static image (``IPython.display.Image``): it shows in a saved notebook

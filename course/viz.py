@@ -83,6 +83,15 @@ def _to_numpy(weights) -> np.ndarray:
     return np.asarray(weights, dtype=float)
 
 
+def figure_png(fig, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes, and the figure closed: what the explorers put in their Image widgets
+    (an Image widget shows the same pixels in every front end)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def attention_heatmap(weights, tokens: Sequence[str], ax=None, *, query_tokens: Sequence[str] | None = None,
                       title: str = "", annotate: bool | None = None, colorbar: bool = True, vmax: float | None = 1.0):
     """Draw attention weights [seq_q, seq_k] as a heatmap: rows = queries (who looks), columns = keys.
@@ -198,10 +207,7 @@ class AttentionExplorer:
             fig = attention_heatmap(weights, tokens).figure
         else:
             fig = attention_heads(weights, tokens, titles=self.head_titles)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=self.dpi)
-        plt.close(fig)
-        return buffer.getvalue()
+        return figure_png(fig, self.dpi)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -506,10 +512,7 @@ class ModelExplorer:
 
     def _render(self) -> bytes:
         fig = self.figure()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=self.dpi)
-        plt.close(fig)
-        return buffer.getvalue()
+        return figure_png(fig, self.dpi)
 
     def _grid(self):
         """Every head of every layer; the chosen token's row is outlined; the chosen head is framed."""

