@@ -316,6 +316,10 @@ def _two_groups(model, weight_decay, decayed, *, wd_other=0.0, skip=lambda name,
             {"params": [p for n, p in named if not decayed(n, p)], "weight_decay": wd_other}]
 
 
+def _is_linear_bias(model: nn.Module, target: Tensor) -> bool:
+    return any(isinstance(m, nn.Linear) and m.bias is target for m in model.modules())
+
+
 def _is_embedding(model: nn.Module, target: Tensor) -> bool:
     return any(isinstance(m, nn.Embedding) and m.weight is target for m in model.modules())
 
@@ -341,8 +345,8 @@ DECAY_GROUPS_MISTAKES = [
     Mistake("the norms' gains are decayed (they are called 'weight' too): decay pulls them toward 0, but a "
             "gain's neutral value is 1; choose by shape, p.dim() >= 2, not by name",
             lambda m, wd: _two_groups(m, wd, lambda n, p: not n.endswith("bias"))),
-    Mistake("the biases are decayed: a bias is a 1-D tensor, like the norms' parameters, and gets 0.0",
-            lambda m, wd: _two_groups(m, wd, lambda n, p: p.dim() >= 2 or n.endswith("bias"))),
+    Mistake("the linear layers' biases are decayed: a bias is a 1-D tensor, like the norms' parameters, and gets 0.0",
+            lambda m, wd: _two_groups(m, wd, lambda n, p: p.dim() >= 2 or _is_linear_bias(m, p))),
     Mistake("the embedding tables are not decayed: this course decays every 2-D tensor (p.dim() >= 2), the "
             "embeddings included, as nanoGPT does",
             lambda m, wd: _two_groups(m, wd, lambda n, p: p.dim() >= 2 and not _is_embedding(m, p))),

@@ -193,11 +193,11 @@ def groups_by_module_type(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def groups_by_name(model, weight_decay):
-    names = dict(model.named_parameters())
-    vectors = {n for n in names if n.endswith("bias") or "norm" in n.split(".")[-2]}
-    return ({"params": [names[n] for n in names if n not in vectors], "weight_decay": weight_decay},
-            {"params": (names[n] for n in vectors), "weight_decay": 0.0})
+def groups_from_the_state_dict(model, weight_decay):
+    """From state_dict(keep_vars=True), which lists a tied tensor under both names: each tensor kept once."""
+    unique = {id(p): p for p in model.state_dict(keep_vars=True).values() if isinstance(p, nn.Parameter)}
+    return ({"params": [p for p in unique.values() if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": (p for p in unique.values() if p.ndim <= 1), "weight_decay": 0.0})
 
 
 def groups_three(model, weight_decay):
@@ -296,7 +296,7 @@ RIGHT_GROUPS = [
     Right("the course's", decay_groups),
     Right("a loop over named_parameters", learner_groups),
     Right("by module type, a shared tensor once", groups_by_module_type),
-    Right("by name, a tuple of groups with a generator", groups_by_name),
+    Right("from the state dict, a tuple of groups with a generator", groups_from_the_state_dict),
     Right("three groups, integer 0", groups_three),
     Right("one group per parameter", lambda model, wd: [{"params": [p], "weight_decay": wd if p.dim() > 1 else 0.0}
                                                         for p in model.parameters()]),
