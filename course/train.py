@@ -3,6 +3,10 @@ a progress bar, loss history, periodic evaluation and an optional live loss plot
 
 The lessons train different models on different data, so the loop only needs two things from
 them: ``next_batch(step) -> batch`` and ``loss_fn(model, batch) -> scalar loss``.
+
+Lesson 08 writes the same loop by hand; its three choices live here as small functions that both
+use: :func:`decay_groups` (which parameters AdamW decays), :func:`lr_at` (linear warm-up, then cosine
+decay) and gradient clipping with ``torch.nn.utils.clip_grad_norm_``.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from course.device import model_device, to_device
 from course.progress import progress
 from course.utils import eval_mode
 
-__all__ = ["History", "train", "evaluate", "lr_at", "LiveLossPlot"]
+__all__ = ["History", "train", "evaluate", "lr_at", "decay_groups", "LiveLossPlot"]
 
 
 @dataclass
@@ -31,6 +35,9 @@ class History:
     eval_loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
     device: str = ""          # where the last training run ran ("cpu", "cuda:0", "mps:0", ...)
+    lrs: list[float] = field(default_factory=list)         # the learning rate of every step
+    grad_norms: list[float] = field(default_factory=list)  # the gradient norm of every step, before clipping
+    clipped: list[bool] = field(default_factory=list)      # whether clipping scaled that step's gradients down
 
     @property
     def final_eval(self) -> float:
@@ -49,12 +56,31 @@ class History:
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int = 0, min_ratio: float = 0.1) -> float:
-    """Learning rate at ``step`` (0-based): linear warm-up over ``warmup`` steps, then cosine decay
-    from ``lr`` down to ``min_ratio * lr`` at the last step."""
+    """Learning rate at ``step`` (0-based) of ``steps``: linear warm-up over ``warmup`` steps
+    (``lr / warmup``, ``2 lr / warmup``, ..., ``lr`` at step ``warmup - 1``), then cosine decay from ``lr``
+    down to ``min_ratio * lr`` at the last step, ``steps - 1`` (and after it)."""
+    if steps < 1 or warmup < 0 or not 0 <= min_ratio <= 1:
+        raise ValueError(f"lr_at needs steps >= 1, warmup >= 0 and 0 <= min_ratio <= 1; got steps={steps}, "
+                         f"warmup={warmup}, min_ratio={min_ratio}")
     if warmup and step < warmup:
         return lr * (step + 1) / warmup
     progress_ = (step - warmup) / max(1, steps - warmup - 1)
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_))))
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's two parameter groups for ``model``: ``[{"params": decayed, "weight_decay": weight_decay},
+    {"params": not decayed, "weight_decay": 0.0}]``.
+
+    The course's convention (nanoGPT's): every trainable tensor with two or more dimensions decays (the
+    weight matrices of linear layers and the embedding tables); tensors of one dimension do not (biases,
+    and the gains and shifts of LayerNorm and RMSNorm, whose neutral value is 1 and 0, not 0). Each
+    parameter is in exactly one group, a tied (shared) tensor once: ``model.parameters()`` lists it once.
+    Frozen parameters (``requires_grad=False``) are in neither group.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
 @torch.no_grad()
@@ -139,6 +165,7 @@ def train(
     optimizer: torch.optim.Optimizer | None = None,
     history: History | None = None,
     device: torch.device | str | None = None,
+    min_lr_ratio: float = 0.1,
 ) -> History:
     """Train ``model`` for ``steps`` optimiser steps and return the :class:`History`.
 
@@ -151,16 +178,19 @@ def train(
     every batch is moved there before ``loss_fn`` sees it (tensors inside tuples, lists, dicts and
     dataclasses too); ``eval_fn`` gets the model on that device. ``None`` leaves both where they are.
     Pass an ``optimizer`` only for a model already on ``device``.
+
+    Each step (the loop lesson 08 writes by hand): set the learning rate to
+    ``lr_at(step, steps, lr, warmup, min_lr_ratio)``, compute the loss, back-propagate, clip the gradients'
+    total norm to ``grad_clip`` (``None``: no clipping), take an AdamW step on :func:`decay_groups`. The
+    history records each step's loss, learning rate and gradient norm (before clipping) and whether it was
+    clipped.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if device is not None:
         model.to(device)
     if optimizer is None:
-        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+        optimizer = torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr)
     history = history or History()
     start_step = history.steps[-1] + 1 if history.steps else 0
     plot = LiveLossPlot(plot_title) if live_plot else None
@@ -179,18 +209,23 @@ def train(
     bar = progress(range(steps), desc=desc)
     for i in bar:
         step = start_step + i
+        step_lr = lr_at(i, steps, lr, warmup, min_lr_ratio)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(i, steps, lr, warmup)
+            group["lr"] = step_lr
         loss = loss_fn(model, to_device(next_batch(step), device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss.item()} at step {step}; try a smaller learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        # The norm of all gradients together, as one long vector; above grad_clip, every gradient is scaled
+        # by grad_clip / norm (direction kept). With no clip the limit is infinite: the norm, nothing scaled.
+        norm = float(nn.utils.clip_grad_norm_(model.parameters(), math.inf if grad_clip is None else grad_clip))
         optimizer.step()
         history.steps.append(step)
         history.train_loss.append(loss.item())
+        history.lrs.append(step_lr)
+        history.grad_norms.append(norm)
+        history.clipped.append(grad_clip is not None and norm > grad_clip)
         if eval_every and (i + 1) % eval_every == 0 and i + 1 < steps:
             run_eval(step)
         if hasattr(bar, "set_postfix") and i % 10 == 0:

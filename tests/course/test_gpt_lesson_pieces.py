@@ -1,22 +1,101 @@
-"""Lesson 08's other pieces: the next-token loss, the unigram baseline, the training windows, and GPT-2 weights that go
+"""Lesson 08's other pieces: a GPT assembled by hand from the course's pieces (as the lesson's ``MyGPT``) equal to
+``course.models.GPT``, the next-token loss, the unigram baseline, the training windows, and GPT-2 weights that go
 through a save/reload on disk (tests/course/test_models_hf.py covers the in-memory case) and generate
 the same tokens as Hugging Face's ``generate``.
 
-Tolerance for logits: max |difference| below 1e-4 in float32 (the issue's bar).
+Tolerance for logits: max |difference| below 1e-4 in float32 (the issue's bar) against Hugging Face; 1e-5
+between the hand-built GPT and the package's (the same operations).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 from hf_support import logits_gap, quietly
 
+from torch import nn
+
+from course.attention import causal_mask
 from course.generate import generate
+from course.layers import LayerNorm, TransformerBlock
 from course.lm import fixed_windows, lm_loss, random_windows, sequence_loss, unigram_loss
 from course.models import GPT, GPTConfig
 
 TOL = 1e-4
+
+
+# ----------------------------------------------------------------------------- the GPT, assembled by hand
+
+class HandBuiltGPT(nn.Module):
+    """The lesson's MyGPT, written again: nn.Embedding for tokens and positions, pre-norm TransformerBlocks,
+    a final LayerNorm and a bias-free head, tied or not."""
+
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(c.vocab_size, c.d_model)
+        self.position_embedding = nn.Embedding(c.context_length, c.d_model)
+        self.blocks = nn.ModuleList(TransformerBlock(c.d_model, c.num_heads, c.d_ff, norm_first=True,
+                                                     activation=c.activation, eps=c.eps) for _ in range(c.num_layers))
+        self.final_norm = LayerNorm(c.d_model, c.eps)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        if c.tie_weights:
+            self.lm_head.weight = self.token_embedding.weight
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.token_embedding(idx) + self.position_embedding(torch.arange(T))
+        for block in self.blocks:
+            x = block(x, mask=causal_mask(T))
+        return self.lm_head(self.final_norm(x))
+
+
+def _package_state_for_hand_built(gpt: GPT) -> dict:
+    return {k.replace("position_embedding.embedding.", "position_embedding."): v for k, v in gpt.state_dict().items()}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_gpt_built_by_hand_from_the_course_pieces_gives_the_package_gpts_logits(tied):
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=23, context_length=12, d_model=32, num_heads=4, num_layers=3, tie_weights=tied)
+    package = GPT(config).eval()
+    with torch.no_grad():                              # weights where every piece matters, not GPT-2's small init
+        for p in package.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    hand = HandBuiltGPT(config).eval()
+    hand.load_state_dict(_package_state_for_hand_built(package))   # strict: the same parameters, one renamed
+    assert (hand.lm_head.weight is hand.token_embedding.weight) == tied
+    idx = torch.randint(0, 23, (3, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for T in (12, 5, 1):
+            torch.testing.assert_close(hand(idx[:, :T]), package(idx[:, :T]), atol=1e-5, rtol=1e-5)
+
+
+def test_the_hand_built_and_package_gpts_have_the_same_gradients():
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=17, context_length=8, d_model=16, num_heads=2, num_layers=2)
+    package = GPT(config)
+    hand = HandBuiltGPT(config)
+    hand.load_state_dict(_package_state_for_hand_built(package))
+    idx = torch.randint(0, 17, (2, 8), generator=torch.Generator().manual_seed(2))
+    for model in (package, hand):
+        lm_loss(model(idx[:, :-1]), idx[:, 1:]).backward()
+    hand_grads = dict(hand.named_parameters())
+    for name, p in package.named_parameters():
+        torch.testing.assert_close(hand_grads[name.replace("position_embedding.embedding.", "position_embedding.")].grad,
+                                   p.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_weight_tying_saves_one_vocabulary_by_d_model_table():
+    from course.layers import count_parameters
+
+    config = GPTConfig(vocab_size=95, context_length=32, d_model=64, num_heads=4, num_layers=2)
+    untied = dataclasses.replace(config, tie_weights=False)
+    assert count_parameters(GPT(untied)) - count_parameters(GPT(config)) == 95 * 64
+    with torch.device("meta"):
+        gpt2 = GPT(GPTConfig(vocab_size=50257, context_length=1024, d_model=768, num_heads=12, num_layers=12))
+    assert count_parameters(gpt2) == 124_439_808   # GPT-2 small, as Hugging Face counts it
 
 
 # ----------------------------------------------------------------------------- the training loss

@@ -1,4 +1,6 @@
 """The training loop learns, records its history, schedules the learning rate and refuses bad input."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -108,3 +110,137 @@ def test_to_device_walks_tuples_lists_dicts_and_dataclasses():
     assert moved["a"][0].device.type == "meta" and moved["a"][1][0].device.type == "meta" and moved["a"][1][1] == 3
     assert moved["b"].ids.device.type == "meta" and moved["b"].name == "x"
     assert to_device(batch, None) is batch
+
+
+# ----------------------------------------------------------------------------- the loop's three choices (lesson 08)
+
+def _tiny_gpt(tied: bool = True):
+    from course.models import GPT, GPTConfig
+
+    seed_everything(0)
+    return GPT(GPTConfig(vocab_size=13, context_length=8, d_model=16, num_heads=2, num_layers=2, tie_weights=tied))
+
+
+def test_decay_groups_put_every_parameter_in_exactly_one_group_and_no_norm_or_bias_in_the_decayed_one():
+    from course.train import decay_groups
+
+    for tied in (True, False):
+        model = _tiny_gpt(tied)
+        decayed, plain = decay_groups(model, 0.3)
+        assert decayed["weight_decay"] == 0.3 and plain["weight_decay"] == 0.0
+        ids = [id(p) for p in decayed["params"] + plain["params"]]
+        assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
+        names = {id(p): n for n, p in model.named_parameters()}
+        decayed_names = {names[id(p)] for p in decayed["params"]}
+        assert not any(n.endswith("bias") or "norm" in n for n in decayed_names), decayed_names
+        assert {"token_embedding.weight", "position_embedding.embedding.weight",
+                "blocks.0.self_attn.q_proj.weight", "blocks.1.ffn.linear2.weight"} <= decayed_names
+        assert ("lm_head.weight" in decayed_names) == (not tied)     # tied: the embedding's tensor, listed once
+        assert {"blocks.0.norm1.weight", "final_norm.bias", "blocks.1.ffn.linear1.bias"} <= {names[id(p)] for p in plain["params"]}
+        torch.optim.AdamW([decayed, plain], lr=1e-3)                 # AdamW accepts them (it refuses duplicates)
+
+
+def test_decay_groups_leave_out_frozen_parameters():
+    from course.train import decay_groups
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
+    model[0].weight.requires_grad_(False)
+    decayed, plain = decay_groups(model, 0.1)
+    assert decayed["params"] == [] and len(plain["params"]) == 3
+
+
+def test_lr_schedule_values_at_chosen_steps():
+    """Warm-up: lr (s + 1) / warmup; then lr (r + (1 - r) (1 + cos(pi p)) / 2), p = (s - warmup) / (steps - warmup - 1)."""
+    lr, steps, warmup, r = 2.0, 22, 5, 0.1            # cosine over steps 5..21: p = (s - 5) / 16
+    assert [lr_at(s, steps, lr, warmup, r) for s in range(5)] == pytest.approx([0.4, 0.8, 1.2, 1.6, 2.0])
+    assert lr_at(5, steps, lr, warmup, r) == pytest.approx(2.0)                        # p = 0: the peak
+    assert lr_at(13, steps, lr, warmup, r) == pytest.approx(lr * (r + (1 - r) * 0.5))  # p = 1/2: halfway down
+    assert lr_at(9, steps, lr, warmup, r) == pytest.approx(lr * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi / 4))))
+    assert lr_at(21, steps, lr, warmup, r) == pytest.approx(0.2)                       # the last step: the floor
+    assert lr_at(25, steps, lr, warmup, r) == pytest.approx(0.2)                       # and it stays there
+    assert lr_at(0, 1, lr) == pytest.approx(lr)                                        # one step, no warm-up
+    with pytest.raises(ValueError, match="min_ratio"):
+        lr_at(0, 10, lr, min_ratio=1.5)
+
+
+def test_train_uses_the_decay_groups_and_the_schedule_of_course_train(monkeypatch):
+    """train() builds AdamW from course.train.decay_groups and sets each step's lr with course.train.lr_at."""
+    import course.train as course_train
+
+    calls = {"groups": 0, "lr_at": []}
+    real_groups, real_lr_at = course_train.decay_groups, course_train.lr_at
+
+    def groups_spy(model, weight_decay):
+        calls["groups"] += 1
+        return real_groups(model, weight_decay)
+
+    def lr_spy(step, steps, lr, warmup=0, min_ratio=0.1):
+        calls["lr_at"].append((step, steps, lr, warmup, min_ratio))
+        return real_lr_at(step, steps, lr, warmup, min_ratio)
+
+    monkeypatch.setattr(course_train, "decay_groups", groups_spy)
+    monkeypatch.setattr(course_train, "lr_at", lr_spy)
+    model = _tiny_gpt()
+    seen_groups = []
+    real_step = torch.optim.AdamW.step
+
+    def step_spy(self, *args, **kwargs):
+        seen_groups.append([(g["lr"], g["weight_decay"], len(g["params"])) for g in self.param_groups])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_spy)
+    ids = torch.randint(0, 13, (4, 8), generator=torch.Generator().manual_seed(0))
+    history = course_train.train(model, lambda s: ids, lambda m, b: m(b).logsumexp(-1).mean(), steps=6, lr=0.01,
+                                 warmup=2, weight_decay=0.2, min_lr_ratio=0.05)
+    assert calls["groups"] == 1 and calls["lr_at"] == [(i, 6, 0.01, 2, 0.05) for i in range(6)]
+    decayed, plain = real_groups(model, 0.2)
+    for i, groups in enumerate(seen_groups):
+        want_lr = real_lr_at(i, 6, 0.01, 2, 0.05)
+        assert groups == [(want_lr, 0.2, len(decayed["params"])), (want_lr, 0.0, len(plain["params"]))]
+    assert history.lrs == [real_lr_at(i, 6, 0.01, 2, 0.05) for i in range(6)]
+
+
+def test_train_clips_the_gradient_norm_and_records_it():
+    """With SGD (no momentum) a step moves the weights by lr * gradient, so the step's size shows the clipping."""
+    x, y = _regression_problem()
+    for clip in (None, 0.5):
+        model = nn.Linear(4, 1)
+        with torch.no_grad():
+            model.weight.fill_(5.0)          # far from the solution: a gradient norm well above 0.5
+        before = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+        loss_fn = lambda m, batch: nn.functional.mse_loss(m(batch[0]), batch[1])  # noqa: E731
+        grads = torch.autograd.grad(loss_fn(model, (x, y)), list(model.parameters()))
+        norm = float(torch.cat([g.flatten() for g in grads]).norm())
+        history = train(model, lambda s: (x, y), loss_fn, steps=1, lr=0.1, grad_clip=clip,
+                        optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+        moved = float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
+        assert history.grad_norms == [pytest.approx(norm, rel=1e-5)] and norm > 1.0
+        if clip is None:
+            assert moved == pytest.approx(0.1 * norm, rel=1e-4) and history.clipped == [False]
+        else:
+            assert moved == pytest.approx(0.1 * clip, rel=1e-4) and history.clipped == [True]
+
+
+def test_train_equals_the_loop_written_out():
+    """train() is the loop lesson 08 writes by hand: the same losses, step for step, from the same start."""
+    from course.train import decay_groups
+
+    ids = torch.randint(0, 13, (16, 8), generator=torch.Generator().manual_seed(1))
+    loss_fn = lambda m, b: nn.functional.cross_entropy(m(b[:, :-1]).flatten(0, 1), b[:, 1:].flatten())  # noqa: E731
+    batch = lambda step: ids[(step * 4) % 16:][:4]  # noqa: E731
+
+    model = _tiny_gpt()
+    optimizer = torch.optim.AdamW(decay_groups(model, 0.1), lr=0.01)
+    by_hand = []
+    model.train()
+    for step in range(8):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, 8, 0.01, 3)
+        loss = loss_fn(model, batch(step))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        optimizer.step()
+        by_hand.append(loss.item())
+    history = train(_tiny_gpt(), batch, loss_fn, steps=8, lr=0.01, warmup=3, weight_decay=0.1, grad_clip=0.5)
+    assert history.train_loss == by_hand
