@@ -375,10 +375,11 @@ _NOISE = re.compile(r"^(\s|\[|W\d{4}|I\d{4}|E\d{4}|Traceback|File |During handli
 
 def _launcher_reason(stderr: str) -> str:
     """The most telling line of a failed launch's output: a rank's own one-line error (``rank N: ...``), else
-    a command-line error (``...: error: ...``), else the last ``SomethingError: message`` line, else the last
-    line that is not a log prefix or a traceback frame."""
+    a command-line error (``...: error: ...``), else the message of a C++ exception that aborted a rank
+    (``what(): ...``), else the last ``SomethingError: message`` line, else the last line that is not a log
+    prefix or a traceback frame."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    for pattern in (r"^rank \d+: \S", r"\berror: \S"):
+    for pattern in (r"^rank \d+: \S", r"\berror: \S", r"\bwhat\(\):\s+\S"):
         found = [ln for ln in lines if re.search(pattern, ln)]
         if found:
             return found[0]
@@ -433,6 +434,8 @@ def launch(modes: Sequence[str] | str, nproc: int = 2, config: RunConfig | None 
     Each rank writes its results (JSON, and rank 0 the final parameters) into a temporary folder that is
     deleted afterwards; its path is never shown. Any failure (torch.distributed missing, a rank that raised,
     a launcher that could not start, a run past ``timeout_s``) raises :class:`DistributedRunError` with one line.
+    A launch where a rank was killed by a signal is run once more; the result then carries ``"retried"``,
+    the first launch's one-line reason.
     """
     import torch.distributed as dist
 
@@ -446,6 +449,22 @@ def launch(modes: Sequence[str] | str, nproc: int = 2, config: RunConfig | None 
         raise DistributedRunError("this PyTorch was built without torch.distributed, so it cannot launch several "
                                   "processes (PyTorch's wheels for Linux, Windows and macOS include it)")
     config = config or RunConfig()
+    try:
+        return _launch_once(modes, nproc, config, extra, timeout_s, threads_per_rank)
+    except _KilledBySignal as first:
+        # A rank killed by a signal (an abort inside a communication library on a heavily loaded machine, or a
+        # process stopped from outside) is not this script's error: launch once more, and say so.
+        result = _launch_once(modes, nproc, config, extra, timeout_s, threads_per_rank)
+        result["retried"] = str(first)
+        return result
+
+
+class _KilledBySignal(DistributedRunError):
+    """A rank died by a signal (SIGABRT, SIGKILL, ...)."""
+
+
+def _launch_once(modes: list[str], nproc: int, config: RunConfig, extra: Sequence[str], timeout_s: float,
+                 threads_per_rank: int) -> dict[str, Any]:
     command = torchrun_command(modes, nproc, config, extra)
     with tempfile.TemporaryDirectory(prefix="course-dist-") as folder:
         argv = [sys.executable, "-m", "torch.distributed.run"] + command[1:] + ["--out", folder]
@@ -462,7 +481,9 @@ def launch(modes: Sequence[str] | str, nproc: int = 2, config: RunConfig | None 
             raise DistributedRunError(_scrub(f"rank {first['rank']} of {nproc} failed: {first['error']}", folder))
         if proc.returncode != 0 or any(r is None for r in ranks):
             reason = _scrub(_launcher_reason(proc.stderr + "\n" + proc.stdout), folder)
-            raise DistributedRunError(f"torchrun exited with code {proc.returncode}: {reason}")
+            signalled = re.search(r"\bSignal \d+ \(SIG\w+\) received", proc.stderr + proc.stdout)
+            error = _KilledBySignal if signalled else DistributedRunError
+            raise error(f"torchrun exited with code {proc.returncode}: {reason}")
         params = {}
         for mode in modes:
             path = Path(folder) / f"{mode}_params.pt"

@@ -173,6 +173,47 @@ def test_the_launchers_last_error_line_is_the_reason():
     assert D._launcher_reason(argparse_error) == "dist_train.py: error: unrecognized arguments: --bogus"
 
 
+ABORTED = ("terminate called after throwing an instance of 'gloo::IoException'\n"
+           "  what():  [gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:41234\n"
+           "E1202 07:00:00 torch/distributed/elastic/multiprocessing/api.py:900] failed (exitcode: -6)\n"
+           "[1]:\n  time      : 2026-12-02_07:00:00\n  rank      : 1 (local_rank: 1)\n  exitcode  : -6 (pid: 16251)\n"
+           "  error_file: <N/A>\n  traceback : Signal 6 (SIGABRT) received by PID 16251\n")
+
+
+def test_a_rank_aborted_by_a_cpp_exception_is_reported_by_the_exceptions_message():
+    assert D._launcher_reason(ABORTED).startswith("what():  [gloo/transport/tcp/pair.cc:534] Connection closed")
+
+
+def _aborted_once(monkeypatch, times: int) -> list[int]:
+    """Make the first ``times`` launches end as if a rank had been aborted by SIGABRT; count the launches."""
+    import subprocess
+
+    real, calls = D._run_process_group, []
+
+    def fake(argv, timeout_s, env, cwd):
+        calls.append(1)
+        if len(calls) <= times:
+            return subprocess.CompletedProcess(argv, 1, "", ABORTED)
+        return real(argv, timeout_s, env, cwd)
+
+    monkeypatch.setattr(D, "_run_process_group", fake)
+    return calls
+
+
+def test_a_launch_whose_rank_was_killed_by_a_signal_runs_once_more_and_says_so(monkeypatch):
+    calls = _aborted_once(monkeypatch, times=1)
+    result = D.launch("ddp", nproc=2, config=D.RunConfig(steps=1))
+    assert len(calls) == 2 and "Connection closed by peer" in result["retried"]
+    assert len(result["ranks"]) == 2 and all(r["error"] is None for r in result["ranks"])
+
+
+def test_a_launch_killed_twice_gives_up_with_the_abort_message_in_one_line(monkeypatch):
+    calls = _aborted_once(monkeypatch, times=2)
+    with pytest.raises(D.DistributedRunError, match="code 1: what\\(\\):  \\[gloo") as info:
+        D.launch("ddp", nproc=2, config=D.RunConfig(steps=1))
+    assert len(calls) == 2 and "\n" not in str(info.value)
+
+
 def test_a_launch_whose_ranks_cannot_start_says_why_in_one_line():
     with pytest.raises(D.DistributedRunError, match="unrecognized arguments: --bogus") as info:
         D.launch("ddp", nproc=2, config=D.RunConfig(steps=1), extra=["--bogus"])
