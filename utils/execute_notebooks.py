@@ -21,7 +21,7 @@ import nbformat
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from course.lessons import lesson_for, lessons  # noqa: E402
 from utils.lesson_rules import lesson_paths, placeholders, problems  # noqa: E402
-from utils.notebook_run import CellExecutionError, describe_cell_error, execute, scrub  # noqa: E402
+from utils.notebook_run import CellExecutionError, CellTimeoutError, describe_cell_error, execute, scrub  # noqa: E402
 from utils.syllabus import record_times  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         budget = lesson_for(path).budget_s
         try:
             nb, seconds = execute(path, env={"COURSE_STRICT_CHECKS": "1", "COURSE_NO_PROGRESS": "1"})
-        except CellExecutionError as err:
+        except (CellExecutionError, CellTimeoutError) as err:
             print(f"{path.name}: FAILED, nothing written: {describe_cell_error(err)}")
             status = 1
             continue

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from course.utils import first_line  # noqa: E402
 
-__all__ = ["CellExecutionError", "execute", "describe_cell_error", "scrub"]
+__all__ = ["CellExecutionError", "CellTimeoutError", "execute", "describe_cell_error", "scrub"]
 
 
 def execute(path: Path, timeout: int = 600, env: dict | None = None, allow_errors: bool = False):
@@ -40,8 +40,9 @@ def execute(path: Path, timeout: int = 600, env: dict | None = None, allow_error
     return nb, seconds
 
 
-def describe_cell_error(err: CellExecutionError) -> str:
-    """One line for a cell that raised while a lesson ran: ``"ValueError: message"``, colour codes removed."""
+def describe_cell_error(err: CellExecutionError | CellTimeoutError) -> str:
+    """One line for a cell that raised (``"ValueError: message"``, colour codes removed) or ran past the
+    executor's time limit while a lesson ran."""
     ename, evalue = getattr(err, "ename", "") or "", getattr(err, "evalue", "") or ""
     text = f"{ename}: {evalue}" if ename else str(err)
     return first_line(re.sub(r"\x1b\[[0-9;]*m", "", text), 200)

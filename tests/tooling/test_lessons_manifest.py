@@ -174,3 +174,19 @@ def test_a_failing_cell_is_reported_in_one_line_without_colour_codes():
 
     err = CellExecutionError("Traceback ...\n\x1b[0;31mValueError\x1b[0m: bad", "ValueError", "bad \x1b[1mthing\x1b[0m")
     assert describe_cell_error(err) == "ValueError: bad thing"
+
+
+def test_a_cell_past_the_time_limit_is_reported_in_one_line_and_nothing_is_written(tmp_path, monkeypatch, capsys):
+    from utils import execute_notebooks
+    from utils.notebook_run import CellTimeoutError
+
+    def timed_out(path, **kw):
+        raise CellTimeoutError("A cell timed out while it was being executed, after 600 seconds.\nHere is a preview")
+
+    monkeypatch.setattr(execute_notebooks, "execute", timed_out)
+    path = LESSONS[0].path()
+    before = path.read_bytes()
+    assert execute_notebooks.main([str(LESSONS[0].number)]) == 1
+    assert capsys.readouterr().out.strip() == (f"{path.name}: FAILED, nothing written: A cell timed out while it was "
+                                               "being executed, after 600 seconds.")
+    assert path.read_bytes() == before
