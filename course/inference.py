@@ -49,8 +49,8 @@ __all__ = [
     "check_quantizable", "absmax_quantize", "zeropoint_quantize", "dequantize", "quantization_error",
     "Int8Linear", "quantize_linears", "int8_kernel_available", "tensor_bytes", "saved_bytes",
     "llm_int8_matmul", "int8_matmul",
-    # quality
-    "perplexity", "next_token_accuracy", "parameter_count",
+    # quality, training, the real model
+    "perplexity", "next_token_accuracy", "parameter_count", "train_lm", "load_smollm2_hf", "smollm2_perplexity",
     # distillation
     "distillation_loss",
     # mixture of experts
@@ -427,6 +427,46 @@ def next_token_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int 
 def parameter_count(model: nn.Module) -> int:
     """Trainable parameters, a tensor shared by two modules (a tied output layer) counted once."""
     return sum(p.numel() for p in model.parameters())
+
+
+def train_lm(model: nn.Module, train_ids: Tensor, steps: int, *, context_length: int, batch_size: int = 32,
+             lr: float = 3e-3, loss: Any = None, seed: int = 0, desc: str = "training"):
+    """Train ``model`` on random windows of ``train_ids [n]`` with ``course.train.train`` (AdamW, warm-up,
+    cosine decay, clipping) and return its ``History``. ``loss(model, x, y) -> scalar`` (default: the
+    next-token cross-entropy of ``model(x)``); the windows are the same for the same ``seed``."""
+    from course.lm import lm_loss, random_windows
+    from course.seed import seed_everything
+    from course.train import train
+
+    seed_everything(seed)
+    windows = torch.Generator().manual_seed(seed)
+    loss = loss or (lambda m, x, y: lm_loss(m(x), y))
+    return train(model, next_batch=lambda step: random_windows(train_ids, batch_size, context_length, generator=windows),
+                 loss_fn=lambda m, batch: loss(m, *batch), steps=steps, lr=lr, warmup=max(10, steps // 20), desc=desc)
+
+
+def load_smollm2_hf() -> tuple[nn.Module | None, Any, str]:
+    """SmolLM2-135M-Instruct as a ``transformers`` model in float32, its tokenizer and one line saying what
+    happened; ``(None, None, line)`` when the converted folder is missing (it is not converted here: lesson 12
+    or the set-up does that once)."""
+    from course import llm
+
+    folder = llm.ensure_converted(convert_if_missing=False)
+    if folder is None:
+        return None, None, f"{llm.LAST_MESSAGE} The SmolLM2 cells are skipped."
+    import transformers
+
+    with llm.quiet():
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
+                                                                  **llm._float32()).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return model, tokenizer, llm.LAST_MESSAGE
+
+
+@torch.no_grad()
+def smollm2_perplexity(model: nn.Module, ids: Tensor) -> float:
+    """Perplexity of a Hugging Face causal LM on one sequence ``ids [1, n]`` (``exp`` of its mean loss)."""
+    return math.exp(float(model(input_ids=ids, labels=ids).loss))
 
 
 # =============================================================================================
