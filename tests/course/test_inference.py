@@ -310,3 +310,23 @@ def test_speculative_sampling_gives_exactly_the_target_distribution():
 def test_verdict_reads_both_directions():
     assert inf.verdict(10.5, 10) == "holds" and inf.verdict(3, 10) == "falls short"
     assert inf.verdict(1.5, 2, higher_is_better=False) == "holds"
+
+
+def test_without_smollm2_the_loader_says_so_in_one_line(monkeypatch):
+    from course import llm
+
+    monkeypatch.setattr(llm, "ensure_converted", lambda convert_if_missing=True: None)
+    monkeypatch.setattr(llm, "LAST_MESSAGE", "The converted folder is missing.")
+    model, tokenizer, line = inf.load_smollm2_hf()
+    assert model is None and tokenizer is None
+    assert "\n" not in line and line.endswith("The SmolLM2 cells are skipped.")
+
+
+def test_train_lm_lowers_the_loss_and_is_seeded():
+    ids = torch.arange(400) % 7
+    losses = []
+    for _ in range(2):
+        model = small_gpt(d_model=16, layers=1, vocab=7, context=16)
+        losses.append(inf.train_lm(model, ids, 30, context_length=16, batch_size=8, seed=3).train_loss)
+    assert losses[0] == losses[1]
+    assert sum(losses[0][-5:]) / 5 < sum(losses[0][:5]) / 5
