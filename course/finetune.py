@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import copy
 import math
 import random
 import re
@@ -30,6 +31,7 @@ from course.lm import IGNORE_INDEX
 
 __all__ = ["LoRALinear", "lora_forward", "merge_lora", "apply_lora", "lora_modules", "merge_all", "unmerge_all",
            "PrefixTuning", "prefix_attention", "PromptTuning", "freeze", "count_trainable", "trainable_share",
+           "training_step_bytes",
            "TEMPLATE", "INSTRUCTIONS", "instruction_words", "instruction_pairs", "format_prompt",
            "InstructionBatch", "instruction_batch", "response_labels", "response_loss", "answer", "exact_match",
            "copy_peft_lora", "copy_peft_prefix", "lora_share_formula"]
@@ -50,6 +52,25 @@ def count_trainable(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` numbers of parameters; a shared (tied) tensor counts once."""
     params = list({id(p): p for p in model.parameters()}.values())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def training_step_bytes(model: nn.Module, loss_fn: Callable[[nn.Module, object], Tensor], batch: object,
+                        lr: float = 1e-3) -> int:
+    """Peak bytes of the tensors one AdamW training step of a copy of ``model`` creates on ``batch``: the
+    activations kept for the backward pass, the gradients and Adam's two moments (the weights themselves are
+    not counted: every method holds the same frozen ones). Measured with
+    :func:`course.efficient.measure_peak_bytes`; ``model`` itself is left untouched."""
+    from course.efficient import measure_peak_bytes
+
+    trial = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=lr)
+
+    def step() -> None:
+        loss = loss_fn(trial, batch)
+        loss.backward()
+        optimizer.step()
+
+    return measure_peak_bytes(step)
 
 
 def trainable_share(model: nn.Module) -> float:
