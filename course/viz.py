@@ -1,16 +1,26 @@
-"""Pictures and widgets for attention: heatmaps, tables of heads, bertviz adapters, and an explorer
-where the learner types a sentence.
+"""Pictures and widgets: heatmaps, tables of heads, bertviz adapters, and the one style every course widget
+shares (:class:`Explorer`).
 
-The explorer needs no JavaScript beyond ipywidgets (no CDN, no require.js), so it works offline in
-JupyterLab, VS Code and Colab. Its input checks live in :func:`validate_sentence`, a pure function
-the tests cover: bad input becomes a one-line message in the widget, never a traceback.
+Every widget of the course is an :class:`Explorer`: its controls, a one-line message (green when the input
+was used, red when it was refused), a picture of fixed place that keeps its size and is greyed when the input
+was refused (so a stale picture never passes for a new one), an optional text area, and a static form for
+viewers without a kernel (GitHub, a notebook opened before running it): one line saying what the widget does
+and to run the cell, and the picture of its state when the cell ran. The explorers need no JavaScript beyond
+ipywidgets (no CDN, no require.js), so they work offline in JupyterLab, VS Code and Colab. Input checks are
+pure functions the tests cover (:func:`validate_sentence`, ...): bad input becomes a one-line message in the
+widget, never a traceback.
 """
 from __future__ import annotations
 
+import base64
+import html
 import io
 import json
 import re
-from collections.abc import Callable, Collection, Sequence
+import struct
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,9 +29,17 @@ from torch import Tensor, nn
 
 from .data.sentences import tokenize_words
 from .plotting import use_course_style
-from .utils import describe_exception, eval_mode, show_message
+from .utils import describe_exception, eval_mode
 
 __all__ = [
+    "Explorer",
+    "FunctionExplorer",
+    "explore",
+    "slider",
+    "set_range",
+    "png_size",
+    "STALE_CLASS",
+    "figure_png",
     "ALLOWED_PUNCTUATION",
     "tokenize_words",
     "validate_sentence",
@@ -92,12 +110,267 @@ def figure_png(fig, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
+# ----------------------------------------------------------------------------------------------
+# One style for every widget of the course
+# ----------------------------------------------------------------------------------------------
+
+STALE_CLASS = "course-stale"  # the CSS class of a picture or text kept from the last accepted input
+_STYLE = (f"<style>.course-explorer .{STALE_CLASS} {{opacity: 0.3; filter: grayscale(100%);}}"
+          ".course-explorer .course-explorer-message {min-height: 1.6em;}</style>")
+_OK, _ERROR = "#2a7a2a", "#b00020"
+DESCRIPTION_PX = 130  # the width of every control's label, so that the controls line up
+MAX_TRACK_PX = 880    # a slider's track at most this wide (fits JupyterLab at 1280 px with the side bar)
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """``(width, height)`` in pixels of PNG bytes, read from the header (no decoding)."""
+    if len(png) < 24 or png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not PNG bytes")
+    return struct.unpack(">II", png[16:24])
+
+
+def slider(value: float, min: float, max: float, step: float = 1, description: str = "", *,
+           px_per_step: float = 4, continuous_update: bool = False, readout_format: str | None = None):
+    """An ``IntSlider`` (or ``FloatSlider`` when any argument is a float) whose track is wide enough for
+    ``px_per_step`` pixels per step, between 200 and :data:`MAX_TRACK_PX` pixels.
+
+    ``continuous_update=False``: the picture follows when the handle is let go (or an arrow key pressed),
+    so a drag does not queue dozens of redraws.
+    """
+    import ipywidgets as widgets
+
+    if not min <= value <= max or step <= 0:
+        raise ValueError(f"slider {description!r}: need min <= value <= max and step > 0, got "
+                         f"{min}, {value}, {max}, step {step}")
+    steps = (max - min) / step
+    track = int(np.clip(steps * px_per_step, 200, MAX_TRACK_PX))
+    is_float = any(isinstance(v, float) for v in (value, min, max, step))
+    kind = widgets.FloatSlider if is_float else widgets.IntSlider
+    extra = {"readout_format": readout_format} if readout_format else {}
+    made = kind(value=value, min=min, max=max, step=step, description=description,
+                continuous_update=continuous_update, style={"description_width": f"{DESCRIPTION_PX}px"},
+                layout=widgets.Layout(width=f"{track + DESCRIPTION_PX + 70}px", max_width="100%"), **extra)
+    made.add_class("course-slider")
+    return made
+
+
+def set_range(control, min: float, max: float) -> None:
+    """Give a slider a new range (its value is clipped into it), in an order ipywidgets accepts."""
+    if min > max:
+        raise ValueError(f"empty range: min {min} > max {max}")
+    if min > control.max:
+        control.max = max
+        control.min = min
+    else:
+        control.min = min
+        control.max = max
+
+
+def _message_html(line: str, ok: bool) -> str:
+    return f'<span style="color:{_OK if ok else _ERROR}">{html.escape(line)}</span>'
+
+
+class Explorer:
+    """What every course widget shares. A subclass builds its controls, then calls :meth:`_build`, and
+    reports with :meth:`show_picture` / :meth:`show_text` and :meth:`ok` / :meth:`refuse`.
+
+    - ``message``: one line, green (``ok``) or red (``refuse``); it has a fixed height, so the layout does not
+      move when it appears.
+    - ``image``: the picture (PNG), shown at its natural size (one image pixel, one screen pixel: never
+      stretched) in an area that only grows, so a smaller picture or a refusal does not make the page jump.
+    - ``output``: an HTML text area (generated text, a tokenisation, ...).
+    - When input is refused, the picture and the text stay but are greyed (CSS class :data:`STALE_CLASS`,
+      ``stale`` is True) until an input is accepted again.
+    - The static form (:meth:`_repr_mimebundle_`): besides the live widget, a displayed explorer carries
+      ``text/plain`` and ``text/html`` saying what it does and to run the cell, with the picture (and text) of
+      its state when the cell ran. JupyterLab shows that form until the cell is run (a notebook opened from disk
+      is not trusted, and the widget view needs a kernel), and so do GitHub and nbviewer.
+
+    Attributes the tests use: ``message``, ``image``, ``output``, ``widget``, ``stale``, ``picture`` (the PNG
+    bytes of the last accepted input), ``about`` (the one-line description).
+    """
+
+    about = "an interactive widget"
+    picture: bytes | None = None
+    stale = False
+
+    def _build(self, about: str, rows: Sequence, *, picture: bool = True, text: bool = False,
+               after: Sequence = ()) -> None:
+        """Lay out ``rows`` (controls, or boxes of them), the message, the text area and the picture area."""
+        import ipywidgets as widgets
+
+        self.about = about
+        self.message = widgets.HTML(value="")
+        self.message.add_class("course-explorer-message")
+        self.output = widgets.HTML(value="") if text else None
+        if self.output is not None:
+            self.output.add_class("course-explorer-output")
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto",
+                                                                       align_self="flex-start"))
+        self.image.add_class("course-explorer-image")
+        self._area = widgets.Box([self.image], layout=widgets.Layout(min_height="0px", overflow="auto"))
+        children = [widgets.HTML(_STYLE), *rows, self.message, *after]
+        children += [self.output] if text else []
+        children += [self._area] if picture else []
+        self.widget = widgets.VBox(children)
+        self.widget.add_class("course-explorer")
+        self._tallest = 0
+
+    # -- the message line -------------------------------------------------------------------------
+    def ok(self, line: str) -> None:
+        """A green line: the input was used; the picture and text are current."""
+        self.message.value = _message_html(line, ok=True)
+        self._mark_stale(False)
+
+    def refuse(self, line: str) -> None:
+        """A red line: the input was refused; what is shown stays, greyed, until an input is accepted."""
+        self.message.value = _message_html(line, ok=False)
+        self._mark_stale(self.picture is not None or bool(self.output is not None and self.output.value))
+
+    def _say(self, line: str, ok: bool) -> None:
+        (self.ok if ok else self.refuse)(line)
+
+    @property
+    def message_text(self) -> str:
+        """The message line as plain text."""
+        return html.unescape(re.sub(r"<[^>]+>", "", self.message.value))
+
+    def _mark_stale(self, stale: bool) -> None:
+        self.stale = stale
+        for part in (self.image, self.output):
+            if part is None:
+                continue
+            if stale:
+                part.add_class(STALE_CLASS)
+            else:
+                part.remove_class(STALE_CLASS)
+
+    # -- the picture and the text -----------------------------------------------------------------
+    def show_picture(self, picture, dpi: int = 100) -> None:
+        """Show a matplotlib figure (closed afterwards) or PNG bytes at their natural size."""
+        png = picture if isinstance(picture, bytes) else figure_png(picture, dpi)
+        width, height = png_size(png)
+        self.picture = png
+        self.image.value = png
+        self.image.layout.width = f"{width}px"
+        if height > self._tallest:  # the area only grows: a smaller picture does not pull the page up
+            self._tallest = height
+            self._area.layout.min_height = f"{height + 4}px"
+
+    def show_text(self, markup: str) -> None:
+        """Put HTML (escape what the learner typed) into the text area."""
+        if self.output is None:
+            raise ValueError("this explorer has no text area")
+        self.output.value = markup
+
+    # -- the static form ----------------------------------------------------------------------------
+    def static_text(self) -> str:
+        """What a viewer without a kernel reads (``text/plain``)."""
+        lines = [f"Interactive widget: {self.about}", "Run the cell to use it (it needs a running kernel)."]
+        if self.message.value:
+            lines.append(f"When the cell ran: {self.message_text}")
+        return "\n".join(lines)
+
+    def static_html(self) -> str:
+        """What a viewer without a kernel sees (``text/html``): the same lines and the picture as it was."""
+        parts = ['<div class="course-static" style="border-left:3px solid #3a6fb0;padding-left:8px">',
+                 f"<p><b>Interactive widget:</b> {html.escape(self.about)}<br>"
+                 "<i>Run the cell to use it (it needs a running kernel); below, its state when the cell ran.</i></p>"]
+        if self.message.value:
+            parts.append(f"<p>{self.message.value}</p>")
+        if self.output is not None and self.output.value:
+            parts.append(self.output.value)
+        if self.picture is not None:
+            width, _ = png_size(self.picture)
+            data = base64.b64encode(self.picture).decode("ascii")
+            parts.append(f'<img src="data:image/png;base64,{data}" width="{width}" alt="{html.escape(self.about)}">')
+        parts.append("</div>")
+        return "\n".join(parts)
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        bundle = dict(self.widget._repr_mimebundle_())
+        bundle["text/plain"] = self.static_text()
+        bundle["text/html"] = self.static_html()
+        return bundle
+
+    def snapshot(self):
+        """The current picture as a still image (``IPython.display.Image``)."""
+        from IPython.display import Image
+
+        if self.picture is None:
+            raise ValueError("nothing drawn yet")
+        return Image(data=self.picture, format="png")
+
+
+class FunctionExplorer(Explorer):
+    """An explorer around one function of the controls' values (see :func:`explore`)."""
+
+    def __init__(self, fn: Callable[..., Any], controls: Mapping[str, Any], about: str, *,
+                 picture: bool = True, text: bool = True, rows: Sequence | None = None,
+                 follow: Mapping[str, Callable[[dict], tuple[float, float]]] | None = None, button: str | None = None):
+        import ipywidgets as widgets
+
+        self.fn, self.controls, self.follow = fn, dict(controls), dict(follow or {})
+        self.runs, self.seconds = 0, 0.0
+        self.button = widgets.Button(description=button, button_style="primary") if button else None
+        layout = list(rows) if rows is not None else list(self.controls.values())
+        if self.button is not None:
+            layout.append(self.button)
+            self.button.on_click(lambda _: self.update())
+        self._build(about, layout, picture=picture, text=text)
+        if self.button is None:
+            for control in self.controls.values():
+                control.observe(lambda change: self.update(), names="value")
+        self.update()
+
+    def values(self) -> dict:
+        return {name: control.value for name, control in self.controls.items()}
+
+    def update(self) -> bool:
+        """Call the function with the controls' values and show what it returns; True if it was shown.
+
+        The function returns a line (str), a figure, or ``(line, figure_or_html)``; a ``ValueError`` it raises
+        is the one-line message for refused input (any other exception is named in one line too).
+        """
+        for name, bounds in self.follow.items():  # ranges that follow other controls come first
+            try:
+                set_range(self.controls[name], *bounds(self.values()))
+            except (ValueError, TypeError):
+                pass  # the other control holds bad input: the function below says so
+        started = time.perf_counter()
+        try:
+            result = self.fn(**self.values())
+        except ValueError as exc:
+            self.refuse(str(exc).splitlines()[0] if str(exc) else "ValueError")
+            return False
+        except Exception as exc:  # never a traceback in the widget
+            self.refuse(f"Could not run: {describe_exception(exc)}")
+            return False
+        self.runs += 1
+        self.seconds = time.perf_counter() - started
+        line, shown = result if isinstance(result, tuple) else (result, None) if isinstance(result, str) else ("", result)
+        if shown is not None and not isinstance(shown, str):
+            self.show_picture(shown)
+        elif isinstance(shown, str):
+            self.show_text(shown)
+        self.ok(line)
+        return True
+
+
+def explore(fn: Callable[..., Any], about: str, **controls) -> FunctionExplorer:
+    """A widget from a function and its controls: ``explore(fn, "what it shows", n=slider(...), text=Text(...))``
+    calls ``fn(n=..., text=...)`` at every change (see :meth:`FunctionExplorer.update` for what it may return)."""
+    return FunctionExplorer(fn, controls, about)
+
+
 def attention_heatmap(weights, tokens: Sequence[str], ax=None, *, query_tokens: Sequence[str] | None = None,
                       title: str = "", annotate: bool | None = None, colorbar: bool = True, vmax: float | None = 1.0):
     """Draw attention weights [seq_q, seq_k] as a heatmap: rows = queries (who looks), columns = keys.
 
     ``tokens`` label the keys and, unless ``query_tokens`` is given, the queries too. Values are
-    written in the cells when the map is small (``annotate=None`` decides). Returns the axes.
+    written in the cells when the map is small (``annotate=None`` decides). The colour scale runs from 0 to
+    ``vmax`` (``None``: the largest weight, so a pale map shows its structure; the colour bar says so).
+    Returns the axes.
     """
     w = _to_numpy(weights)
     query_tokens = list(tokens) if query_tokens is None else list(query_tokens)
@@ -110,6 +383,7 @@ def attention_heatmap(weights, tokens: Sequence[str], ax=None, *, query_tokens: 
     if ax is None:
         size = min(7.0, 1.6 + 0.42 * max(w.shape))
         _, ax = plt.subplots(figsize=(size * 1.1, size))
+    vmax = vmax if vmax is not None else float(w.max()) or 1.0  # None: from 0 to the largest weight
     im = ax.imshow(w, vmin=0.0, vmax=vmax, cmap="Blues", aspect="equal")
     ax.grid(False)
     ax.set_xticks(range(len(tokens)), labels=list(tokens), rotation=60, ha="right", rotation_mode="anchor")
@@ -121,7 +395,7 @@ def attention_heatmap(weights, tokens: Sequence[str], ax=None, *, query_tokens: 
     if annotate is None:
         annotate = max(w.shape) <= 12
     if annotate:
-        top = vmax if vmax is not None else float(w.max() or 1.0)
+        top = vmax
         for i in range(w.shape[0]):
             for j in range(w.shape[1]):
                 ax.text(j, i, f"{w[i, j]:.2f}".lstrip("0") if w[i, j] < 1 else "1", ha="center", va="center",
@@ -132,8 +406,14 @@ def attention_heatmap(weights, tokens: Sequence[str], ax=None, *, query_tokens: 
 
 
 def attention_heads(weights, tokens: Sequence[str], titles: Sequence[str] | None = None, *,
-                    query_tokens: Sequence[str] | None = None, annotate: bool = False, size: float = 3.2):
-    """Several heads side by side: weights [heads, seq_q, seq_k]. Returns the figure."""
+                    query_tokens: Sequence[str] | None = None, annotate: bool | None = None, size: float | None = None,
+                    colorbar: bool = True, shared_scale: bool = True):
+    """Several heads side by side: weights [heads, seq_q, seq_k]. Returns the figure.
+
+    ``shared_scale``: every head on one scale, 0 to 1, with one colour bar (heads compare at a glance);
+    otherwise each head runs from 0 to its own largest weight and has its own colour bar (a pale map becomes
+    readable). ``annotate=None`` writes the values in the cells when there are at most 12 tokens.
+    """
     w = _to_numpy(weights)
     if w.ndim != 3:
         raise ValueError(f"attention_heads needs weights [heads, seq_q, seq_k], got shape {w.shape}")
@@ -141,29 +421,37 @@ def attention_heads(weights, tokens: Sequence[str], titles: Sequence[str] | None
     titles = [f"head {h}" for h in range(heads)] if titles is None else list(titles)
     if len(titles) != heads:
         raise ValueError(f"{len(titles)} titles for {heads} heads")
+    if annotate is None:
+        annotate = max(w.shape[1:]) <= 12
+    size = size if size is not None else min(4.6, 1.6 + 0.3 * max(w.shape[1:]))
     use_course_style()
-    fig, axes = plt.subplots(1, heads, figsize=(size * heads, size), squeeze=False)
+    fig, axes = plt.subplots(1, heads, figsize=(size * heads + (0.6 if colorbar else 0), size), squeeze=False)
     for h, ax in enumerate(axes[0]):
-        attention_heatmap(w[h], tokens, ax=ax, query_tokens=query_tokens, title=titles[h],
-                          annotate=annotate, colorbar=False)
+        vmax = 1.0 if shared_scale else None
+        attention_heatmap(w[h], tokens, ax=ax, query_tokens=query_tokens, title=titles[h], annotate=annotate,
+                          colorbar=colorbar and not shared_scale, vmax=vmax)
         if h:
             ax.set_ylabel("")
     fig.tight_layout()
+    if colorbar and shared_scale:
+        fig.colorbar(axes[0, -1].images[0], ax=list(axes[0]), fraction=0.046 / heads, pad=0.02,
+                     label="attention weight")
     return fig
 
 
-class AttentionExplorer:
+class AttentionExplorer(Explorer):
     """A text box, a one-line message and a heatmap that redraws when the sentence changes.
 
-    ``attend_fn(tokens) -> weights`` [seq, seq] (or [heads, seq, seq]: heads are drawn side by side).
-    Attributes the tests (and curious learners) use: ``text`` (the ipywidgets.Text), ``message``
-    (an ipywidgets.HTML line), ``image`` (an ipywidgets.Image holding the heatmap as PNG), ``tokens`` and ``weights`` (last
-    successful drawing), ``widget`` (the whole VBox; displaying the explorer displays it).
+    ``attend_fn(tokens) -> weights`` [seq, seq] (or [heads, seq, seq]: heads are drawn side by side, each with
+    its colour bar). Attributes the tests (and curious learners) use: ``text`` (the ipywidgets.Text),
+    ``message``, ``image`` (the heatmap as PNG), ``tokens`` and ``weights`` (last successful drawing),
+    ``widget`` (the whole box; displaying the explorer displays it, with a static form for viewers
+    without a kernel).
     """
 
     def __init__(self, attend_fn: Callable[[list[str]], torch.Tensor], sentence: str = "",
                  max_tokens: int = 16, vocab: Collection[str] | None = None,
-                 head_titles: Sequence[str] | None = None, description: str = "Sentence:", dpi: int = 80):
+                 head_titles: Sequence[str] | None = None, description: str = "Sentence:", dpi: int = 100):
         import ipywidgets as widgets  # imported here so the rest of the module works without it
 
         self.attend_fn, self.max_tokens, self.vocab = attend_fn, max_tokens, vocab
@@ -172,46 +460,41 @@ class AttentionExplorer:
         self.weights: np.ndarray | None = None
         self.text = widgets.Text(value=sentence, description=description, continuous_update=False,
                                  layout=widgets.Layout(width="95%"))
-        self.message = widgets.HTML(value="")
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.widget = widgets.VBox([self.text, self.message, self.image])
+        self.text.add_class("course-explorer-text")
+        self._build("type a sentence (press Enter) to see where each word looks: the attention weights as a "
+                    "heatmap, one row per word", [self.text])
         self.text.observe(lambda change: self.update(change["new"]), names="value")
         self.update(sentence)
-
-    def _say(self, line: str, ok: bool) -> None:
-        show_message(self.message, line, ok)
 
     def update(self, text: str) -> bool:
         """Validate ``text``, run attend_fn, redraw. Returns True if a heatmap was drawn."""
         tokens, problem = validate_sentence(text, self.max_tokens, self.vocab)
         if problem:
-            self._say(problem, ok=False)
+            self.refuse(problem)
             return False
         try:
             weights = _to_numpy(self.attend_fn(tokens))
         except Exception as exc:  # the learner's attend_fn may raise anything: one line, no traceback
-            self._say(f"attend_fn raised {describe_exception(exc)}", ok=False)
+            self.refuse(f"attend_fn raised {describe_exception(exc)}")
             return False
         n = len(tokens)
         if weights.shape[-2:] != (n, n) or weights.ndim not in (2, 3):
-            self._say(f"attend_fn returned shape {weights.shape}; expected ({n}, {n}) or (heads, {n}, {n})", ok=False)
+            self.refuse(f"attend_fn returned shape {weights.shape}; expected ({n}, {n}) or (heads, {n}, {n})")
             return False
         self.tokens, self.weights = tokens, weights
-        self.image.value = self._render(weights, tokens)
-        self._say(f"{n} tokens. Each row shows where that word looks; each row sums to 1.", ok=True)
+        self.show_picture(self._render(weights, tokens))
+        self.ok(f"{n} tokens. Each row shows where that word looks; each row sums to 1. "
+                f"Largest weight: {weights.max():.2f}.")
         return True
 
     def _render(self, weights: np.ndarray, tokens: list[str]) -> bytes:
         """The heatmap as PNG bytes (an Image widget shows them the same way in every front end)."""
         if weights.ndim == 2:
-            fig = attention_heatmap(weights, tokens).figure
+            fig = attention_heatmap(weights, tokens, vmax=None).figure
         else:
-            fig = attention_heads(weights, tokens, titles=self.head_titles)
+            fig = attention_heads(weights, tokens, titles=self.head_titles, annotate=None, colorbar=True,
+                                  shared_scale=False)
         return figure_png(fig, self.dpi)
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-        display(self.widget)
 
 
 def attention_explorer(attend_fn: Callable[[list[str]], torch.Tensor], sentence: str = "",
@@ -335,7 +618,7 @@ def _mark_row(ax, i: int, n: int) -> None:
     ax.add_patch(Rectangle((-0.5, i - 0.5), n, 1, fill=False, edgecolor="#d62728", linewidth=2))
 
 
-class ModelExplorer:
+class ModelExplorer(Explorer):
     """Explore a model's attention live: type a sentence, choose a layer, a head and a token.
 
     ``run_fn(words) -> (tokens, attentions)`` runs the model on the validated words and returns the
@@ -354,7 +637,7 @@ class ModelExplorer:
     def __init__(self, run_fn: Callable[[list[str]], tuple[Sequence[str], torch.Tensor]], sentence: str = "",
                  max_tokens: int = 16, vocab: Collection[str] | None = None,
                  describe_fn: Callable[[list[str]], str] | None = None, layer: int = 0, head: int = 0,
-                 token: str | None = None, view: str = "one head", dpi: int = 72):
+                 token: str | None = None, view: str = "one head", dpi: int = 80):
         import ipywidgets as widgets
 
         self.run_fn, self.describe_fn = run_fn, describe_fn
@@ -370,23 +653,16 @@ class ModelExplorer:
                                      description="Head:")
         self.token = widgets.ToggleButtons(options=[("all rows", ALL_ROWS)], value=ALL_ROWS,
                                            description="Token:", style={"button_width": "auto"})
-        self.message = widgets.HTML(value="")
         self.answer = widgets.HTML(value="")
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.widget = widgets.VBox([self.text, widgets.HBox([self.layer, self.head]), self.view, self.token,
-                                    self.message, self.answer, self.image])
-        self.widget.add_class("course-explorer")
-        self.image.add_class("course-explorer-image")
         self.text.add_class("course-explorer-text")
+        self._build("type a sentence (press Enter), pick a layer, a head, a view and a token to see where the "
+                    "model's attention goes, live", [self.text, widgets.HBox([self.layer, self.head]), self.view,
+                                                     self.token], after=[self.answer])
         self.text.observe(lambda change: self.set_sentence(change["new"]), names="value")
         for control in (self.view, self.layer, self.head, self.token):
             control.observe(lambda change: self.redraw(), names="value")
         self._wanted = (layer, head, token)
         self.set_sentence(sentence)
-
-    # -- messages -------------------------------------------------------------------------------
-    def _say(self, line: str, ok: bool) -> None:
-        show_message(self.message, line, ok)
 
     # -- the sentence ---------------------------------------------------------------------------
     def set_sentence(self, text: str) -> bool:
@@ -473,7 +749,7 @@ class ModelExplorer:
             self._say(problem, ok=False)
             return False
         try:
-            self.image.value = self._render()
+            self.show_picture(self._render())
         except Exception as exc:
             self._say(f"Could not draw: {describe_exception(exc)}", ok=False)
             return False
@@ -544,10 +820,6 @@ class ModelExplorer:
                         side.set_linewidth(2.5)
         fig.tight_layout()
         return fig
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-        display(self.widget)
 
 
 def model_explorer(run_fn: Callable[[list[str]], tuple[Sequence[str], torch.Tensor]], sentence: str = "",
