@@ -651,13 +651,7 @@ class ViTExplorer(Explorer):
             return False
         problem = validate_vit_choice(self._shown, self.layer.value, self.head.value, self.view.value,
                                       len(self.images), self.num_layers, self.num_heads)
-        if problem:
-            self._say(problem, ok=False)
-            return False
-        try:
-            self.show_picture(self._render())
-        except Exception as exc:
-            self._say(f"Could not draw: {describe_exception(exc)}", ok=False)
+        if not self.draw_unless(problem, self._render):
             return False
         guess = int(self.probabilities.argmax())
         truth = "" if self.current_label is None else f"label {self.class_names[self.current_label]}, "

@@ -16,6 +16,7 @@ import base64
 import html
 import io
 import json
+import math
 import re
 import struct
 import time
@@ -40,6 +41,15 @@ __all__ = [
     "png_size",
     "STALE_CLASS",
     "figure_png",
+    "heads_explorer",
+    "tokenizer_explorer",
+    "encoding_explorer",
+    "head_contributions",
+    "most_common_offset",
+    "HeadExplorer",
+    "head_explorer",
+    "translation_explorer",
+    "memory_explorer",
     "ALLOWED_PUNCTUATION",
     "tokenize_words",
     "validate_sentence",
@@ -130,22 +140,25 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 
 def slider(value: float, min: float, max: float, step: float = 1, description: str = "", *,
-           px_per_step: float = 4, continuous_update: bool = False, readout_format: str | None = None):
+           px_per_step: float = 4, continuous_update: bool = False, readout_format: str | None = None,
+           log: bool = False):
     """An ``IntSlider`` (or ``FloatSlider`` when any argument is a float) whose track is wide enough for
     ``px_per_step`` pixels per step, between 200 and :data:`MAX_TRACK_PX` pixels.
 
-    ``continuous_update=False``: the picture follows when the handle is let go (or an arrow key pressed),
-    so a drag does not queue dozens of redraws.
+    ``log=True``: a ``FloatLogSlider`` from ``10**min`` to ``10**max`` in steps of ``step`` in the exponent
+    (``value`` is the number itself). ``continuous_update=False``: the picture follows when the handle is
+    let go (or an arrow key pressed), so a drag does not queue dozens of redraws.
     """
     import ipywidgets as widgets
 
-    if not min <= value <= max or step <= 0:
+    where = math.log10(value) if log and value > 0 else value
+    if not min <= where <= max or step <= 0:
         raise ValueError(f"slider {description!r}: need min <= value <= max and step > 0, got "
-                         f"{min}, {value}, {max}, step {step}")
+                         f"{min}, {where}, {max}, step {step}")
     steps = (max - min) / step
     track = int(np.clip(steps * px_per_step, 200, MAX_TRACK_PX))
     is_float = any(isinstance(v, float) for v in (value, min, max, step))
-    kind = widgets.FloatSlider if is_float else widgets.IntSlider
+    kind = widgets.FloatLogSlider if log else widgets.FloatSlider if is_float else widgets.IntSlider
     extra = {"readout_format": readout_format} if readout_format else {}
     made = kind(value=value, min=min, max=max, step=step, description=description,
                 continuous_update=continuous_update, style={"description_width": f"{DESCRIPTION_PX}px"},
@@ -257,6 +270,19 @@ class Explorer:
             self._tallest = height
             self._area.layout.min_height = f"{height + 4}px"
 
+    def draw_unless(self, problem: str, render: Callable[[], Any]) -> bool:
+        """Refuse with ``problem`` if there is one, else show what ``render()`` draws (a figure or PNG bytes);
+        an exception while drawing is refused in one line. True if a picture was drawn."""
+        if problem:
+            self.refuse(problem)
+            return False
+        try:
+            self.show_picture(render())
+        except Exception as exc:
+            self.refuse(f"Could not draw: {describe_exception(exc)}")
+            return False
+        return True
+
     def show_text(self, markup: str) -> None:
         """Put HTML (escape what the learner typed) into the text area."""
         if self.output is None:
@@ -318,9 +344,10 @@ class FunctionExplorer(Explorer):
             layout.append(self.button)
             self.button.on_click(lambda _: self.update())
         self._build(about, layout, picture=picture, text=text)
+        self._busy = False
         if self.button is None:
             for control in self.controls.values():
-                control.observe(lambda change: self.update(), names="value")
+                control.observe(lambda change: self._busy or self.update(), names="value")
         self.update()
 
     def values(self) -> dict:
@@ -332,11 +359,15 @@ class FunctionExplorer(Explorer):
         The function returns a line (str), a figure, or ``(line, figure_or_html)``; a ``ValueError`` it raises
         is the one-line message for refused input (any other exception is named in one line too).
         """
-        for name, bounds in self.follow.items():  # ranges that follow other controls come first
-            try:
-                set_range(self.controls[name], *bounds(self.values()))
-            except (ValueError, TypeError):
-                pass  # the other control holds bad input: the function below says so
+        self._busy = True  # ranges that follow other controls come first, without a redraw each
+        try:
+            for name, bounds in self.follow.items():
+                try:
+                    set_range(self.controls[name], *bounds(self.values()))
+                except (ValueError, TypeError):
+                    pass  # the other control holds bad input: the function below says so
+        finally:
+            self._busy = False
         started = time.perf_counter()
         try:
             result = self.fn(**self.values())
@@ -745,13 +776,7 @@ class ModelExplorer(Explorer):
             return False
         problem = validate_choice(self.layer.value, self.head.value, self.token.value,
                                   *self.attentions.shape[:2], len(self.tokens), view=self.view.value)
-        if problem:
-            self._say(problem, ok=False)
-            return False
-        try:
-            self.show_picture(self._render())
-        except Exception as exc:
-            self._say(f"Could not draw: {describe_exception(exc)}", ok=False)
+        if not self.draw_unless(problem, self._render):
             return False
         plt.close("all")
         n, token = len(self.tokens), self.token.value
@@ -946,3 +971,288 @@ def cross_attentions_for_bertviz(model: nn.Module, src: Tensor, tgt_in: Tensor, 
     with eval_mode(model):
         _, cross = model.decode(tgt_in, model.encode(src), src, need_weights=True)
     return to_bertviz(cross, decimals)
+
+
+# ----------------------------------------------------------------------------------------------
+# The lessons' small explorers (00, 02, 04, 05, 09), all in the one style
+# ----------------------------------------------------------------------------------------------
+
+def _heads_bar(d_model: int, heads: int):
+    """A d_model-wide bar cut into ``heads`` slices of d_model / heads features each."""
+    use_course_style()
+    fig, ax = plt.subplots(figsize=(7.0, 1.1))
+    size = d_model // heads
+    colours = plt.get_cmap("tab20")(np.arange(heads) % 20)
+    ax.barh([0] * heads, [size] * heads, left=[h * size for h in range(heads)], color=colours, edgecolor="white")
+    if heads <= 16:
+        for h in range(heads):
+            ax.text(h * size + size / 2, 0, f"h{h}", ha="center", va="center", fontsize=7)
+    ax.set_xlim(0, d_model)
+    ax.set_yticks([])
+    ax.grid(False)
+    ax.set_xlabel(f"the {d_model} features of d_model, one colour per head")
+    fig.tight_layout()
+    return fig
+
+
+def heads_explorer(d_model: int = 512, heads: int = 2, max_heads: int = 16) -> FunctionExplorer:
+    """Lesson 00's first widget: a slider for the number of heads and the cut of d_model it makes."""
+    divisors = [h for h in range(1, max_heads + 1) if d_model % h == 0]
+
+    def show(heads: int):
+        if d_model % heads:
+            raise ValueError(f"{d_model} features do not split into {heads} equal heads: choose one of "
+                             f"{', '.join(map(str, divisors))}")
+        return (f"{heads} attention head(s) of size {d_model // heads} for d_model = {d_model}",
+                _heads_bar(d_model, heads))
+
+    return FunctionExplorer(show, {"heads": slider(heads, 1, max_heads, 1, "heads", px_per_step=30)},
+                            f"move the slider to split d_model = {d_model} into heads", text=False)
+
+
+def tokenizer_explorer(tokenizers: Mapping[str, Any], text: str, max_chars: int = 400) -> FunctionExplorer:
+    """Lesson 02: type text, see how each tokenizer cuts it (``tokenizers``: name -> tokenizer with ``pieces``)."""
+    import ipywidgets as widgets
+
+    from .tokenizers import tokenization_report
+
+    def show(text: str):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("Type some text to see its tokens: the box is empty.")
+        if len(text) > max_chars:
+            raise ValueError(f"That is {len(text)} characters; this viewer shows at most {max_chars}.")
+        counts = []
+        for name, tok in tokenizers.items():
+            try:
+                counts.append(f"{name}: {len(tok.pieces(text))}")
+            except ValueError:
+                counts.append(f"{name}: cannot encode it")
+        report = tokenization_report(text, tokenizers, max_chars=max_chars)
+        return (f"{len(text)} characters; tokens per tokenizer: " + ", ".join(counts),
+                f'<pre style="white-space: pre-wrap">{html.escape(report)}</pre>')
+
+    box = widgets.Textarea(value=text, layout=widgets.Layout(width="95%", height="60px"))
+    box.add_class("course-explorer-text")
+    return FunctionExplorer(show, {"text": box}, "type text to see how each "
+                            "tokenizer cuts it into tokens (a | between tokens, ␣ for a space)", picture=False)
+
+
+def encoding_explorer(position: int = 20, dimension: int = 6, d_model: int = 128,
+                      max_position: int = 200) -> FunctionExplorer:
+    """Lesson 04: one entry of the sinusoidal positional encoding, PE[position, dimension], and its wave.
+
+    The dimension slider's range follows d_model (0 to d_model - 1)."""
+    import ipywidgets as widgets
+
+    from . import positional
+
+    def show(position, dimension, d_model):
+        e = positional.encoding_entry(position, dimension, d_model, max_position)  # ValueError: one line
+        xs = np.linspace(0, max_position, 4 * max_position + 1)
+        wave = np.sin(xs * e.frequency) if e.function == "sin" else np.cos(xs * e.frequency)
+        use_course_style()
+        fig, ax = plt.subplots(figsize=(7.5, 2.2))
+        ax.plot(xs, wave, lw=1)
+        ax.plot([e.position], [e.value], "o", color="C3")
+        ax.set_ylim(-1.15, 1.15)
+        ax.set_xlabel("position")
+        ax.set_title(f"dimension {e.dimension}: {e.function}(pos × {e.frequency:.4g})")
+        fig.tight_layout()
+        return positional.describe_encoding_entry(position, dimension, d_model, max_position), fig
+
+    controls = {"position": slider(position, 0, max_position, 1, "position", px_per_step=4),
+                "dimension": slider(dimension, 0, d_model - 1, 1, "dimension", px_per_step=6),
+                "d_model": widgets.Text(value=str(d_model), description="d_model", continuous_update=False,
+                                        style={"description_width": f"{DESCRIPTION_PX}px"})}
+    return FunctionExplorer(show, controls, "move position and dimension, or type d_model (press Enter), to see "
+                            "one entry of the sinusoidal encoding and the wave it lies on", text=False,
+                            follow={"dimension": lambda v: (0, positional.encoding_entry(0, 0, v["d_model"]).d_model - 1)})
+
+
+@torch.no_grad()
+def head_contributions(mha: nn.Module, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Each head's part of a multi-head self-attention output.
+
+    ``mha``: a :class:`course.attention.MultiHeadAttention` (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``,
+    ``num_heads``); ``x [seq, d_model]``. Returns ``weights [heads, seq, seq]`` and ``contributions
+    [heads, seq, d_model]``: head h's output times its slice of ``out_proj``'s weight. Their sum over heads
+    plus ``out_proj``'s bias is the layer's output ``mha(x, x, x)``.
+    """
+    from einops import rearrange
+
+    from .attention import scaled_dot_product_attention
+
+    if x.dim() != 2 or x.shape[-1] != mha.d_model:
+        raise ValueError(f"x must be [seq, d_model={mha.d_model}], got shape {tuple(x.shape)}")
+    h = mha.num_heads
+    q, k, v = (rearrange(proj(x), "s (h d) -> h s d", h=h) for proj in (mha.q_proj, mha.k_proj, mha.v_proj))
+    out, weights = scaled_dot_product_attention(q, k, v, mask)                   # [h, s, d_head], [h, s, s]
+    w_o = rearrange(mha.out_proj.weight, "m (h d) -> h d m", h=h)               # [h, d_head, d_model]
+    return weights, torch.einsum("hsd,hdm->hsm", out, w_o)
+
+
+def most_common_offset(weights: np.ndarray) -> tuple[int, int]:
+    """For a map ``[seq, seq]``: the offset ``query - key`` most rows look at hardest, and in how many rows."""
+    offsets = np.arange(weights.shape[0]) - weights.argmax(-1)
+    values, counts = np.unique(offsets, return_counts=True)
+    best = int(np.argmax(counts))
+    return int(values[best]), int(counts[best])
+
+
+class HeadExplorer(Explorer):
+    """Lesson 05: every head of one multi-head attention layer, side by side: its attention pattern (top) and
+    what it adds to the layer's output (bottom, ``[seq, d_model]``, one colour scale for all heads). Pick a
+    head to frame it and read what it does.
+
+    ``read_fn(text) -> (labels, x [seq, d_model])`` turns the typed text into the layer's input (it raises
+    ``ValueError`` with a one-line message for text it cannot read).
+    """
+
+    def __init__(self, mha: nn.Module, read_fn: Callable[[str], tuple[Sequence[str], Tensor]], text: str,
+                 head: int = 0, description: str = "Input:", dpi: int = 90):
+        import ipywidgets as widgets
+
+        self.mha, self.read_fn, self.dpi = mha, read_fn, dpi
+        self.labels: list[str] = []
+        self.weights: np.ndarray | None = None        # [heads, seq, seq]
+        self.contributions: np.ndarray | None = None  # [heads, seq, d_model]
+        self.text = widgets.Text(value=text, description=description, continuous_update=False,
+                                 layout=widgets.Layout(width="60%"))
+        self.text.add_class("course-explorer-text")
+        self.head = widgets.ToggleButtons(options=[(f"head {h}", h) for h in range(mha.num_heads)], value=head,
+                                          description="Head:")
+        self._build("type an input (press Enter) and pick a head: each head's attention pattern above what it adds "
+                    "to the layer's output", [self.text, self.head])
+        self.text.observe(lambda change: self.set_text(change["new"]), names="value")
+        self.head.observe(lambda change: self.redraw(), names="value")
+        self.set_text(text)
+
+    def set_text(self, text: str) -> bool:
+        """Read ``text``, run the layer, redraw. True if drawn."""
+        try:
+            labels, x = self.read_fn(text)
+            weights, contributions = head_contributions(self.mha, x)
+        except ValueError as exc:
+            self.refuse(str(exc).splitlines()[0])
+            return False
+        except Exception as exc:
+            self.refuse(f"The layer could not run: {describe_exception(exc)}")
+            return False
+        self.labels, self.weights, self.contributions = list(labels), weights.numpy(), contributions.numpy()
+        return self.redraw()
+
+    def redraw(self) -> bool:
+        if self.weights is None:
+            return False
+        self.show_picture(self.figure(), self.dpi)
+        h = self.head.value
+        offset, rows = most_common_offset(self.weights[h])
+        norms = np.linalg.norm(self.contributions, axis=-1).mean(-1)   # [heads]: mean size of what each adds
+        where = "itself" if offset == 0 else f"the position {offset} back" if offset > 0 else f"{-offset} ahead"
+        others = ", ".join(f"head {g} {norms[g]:.2f}" for g in range(len(norms)) if g != h)
+        self.ok(f"head {h}: {rows} of {len(self.labels)} positions look hardest at {where}; it adds a vector of "
+                f"mean length {norms[h]:.2f} to each position" + (f" ({others})." if others else "."))
+        return True
+
+    def figure(self):
+        """Patterns (top row) and contributions (bottom row), one column per head; the picked head framed."""
+        heads, n = self.weights.shape[:2]
+        use_course_style()
+        size = min(3.6, 1.4 + 0.22 * n)
+        fig, axes = plt.subplots(2, heads, figsize=(size * heads + 1.2, size * 1.9), squeeze=False,
+                                 gridspec_kw={"height_ratios": [1, 0.9]})
+        span = float(np.abs(self.contributions).max()) or 1.0
+        for h in range(heads):
+            top, bottom = axes[0, h], axes[1, h]
+            pattern = top.imshow(self.weights[h], vmin=0, vmax=1, cmap="Blues")
+            top.set_xticks(range(n), labels=self.labels, rotation=90, fontsize=7)
+            top.set_yticks(range(n), labels=self.labels, fontsize=7)
+            top.set_title(f"head {h}: where each row looks", fontsize=9)
+            part = bottom.imshow(self.contributions[h], cmap="RdBu_r", vmin=-span, vmax=span, aspect="auto")
+            bottom.set_yticks(range(n), labels=self.labels, fontsize=7)
+            bottom.set_xlabel("feature of d_model", fontsize=8)
+            bottom.set_title(f"head {h}: what it adds to the output", fontsize=9)
+            for ax in (top, bottom):
+                ax.grid(False)
+                if h == self.head.value:
+                    for side in ax.spines.values():
+                        side.set_visible(True)
+                        side.set_edgecolor("#d62728")
+                        side.set_linewidth(2.5)
+        fig.tight_layout()
+        fig.colorbar(pattern, ax=list(axes[0]), fraction=0.03, pad=0.02, label="weight")
+        fig.colorbar(part, ax=list(axes[1]), fraction=0.03, pad=0.02, label="value")
+        return fig
+
+
+def head_explorer(mha: nn.Module, read_fn: Callable[[str], tuple[Sequence[str], Tensor]], text: str,
+                  **kw) -> HeadExplorer:
+    """Build a :class:`HeadExplorer` (end a cell with it to show it)."""
+    return HeadExplorer(mha, read_fn, text, **kw)
+
+
+def translation_explorer(model: nn.Module, text: str = "2001-09-30", beam_size: int = 4,
+                         max_new_tokens: int = 20) -> FunctionExplorer:
+    """Lesson 09: type an ISO date, see the encoder-decoder's greedy and beam translations beside the rule's."""
+    import ipywidgets as widgets
+
+    from .data.tasks import date_target
+    from .seq2seq import translate
+
+    def show(date: str):
+        try:
+            greedy, beam = (translate(model, [date], beam_size=k, max_new_tokens=max_new_tokens)[0]
+                            for k in (1, beam_size))
+        except ValueError as problem:
+            raise ValueError(f"Cannot translate: {problem}") from None
+        try:
+            expected = date_target(date)
+        except ValueError:
+            expected = "(not a valid date: the model will guess)"
+        verdict = "both right" if greedy == beam == expected else "greedy and beam differ" if greedy != beam else (
+            "both wrong" if expected[0] != "(" else "a guess")
+        return f"greedy: {greedy!r}   beam {beam_size}: {beam!r}   rule: {expected!r}   ({verdict})"
+
+    box = widgets.Text(value=text, description="date:", continuous_update=False)
+    box.add_class("course-explorer-text")
+    return FunctionExplorer(show, {"date": box}, "type a date as YYYY-MM-DD (press Enter) to see the model's "
+                            "greedy and beam-search translations beside the rule's answer", picture=False, text=False)
+
+
+def memory_explorer(n_params: float = 7e9, world_size: int = 8, gpu_gb: int = 80) -> FunctionExplorer:
+    """Lesson 19: the training state (weights, gradients, Adam: 16 bytes per parameter) each GPU holds with DDP
+    and with FSDP, against a GPU's memory; the fewest GPUs FSDP needs. Sliders: model size (log scale), GPUs,
+    GB per GPU."""
+    from . import distributed as dd
+
+    def show(n_params: float, world_size: int, gpu_gb: int):
+        n = int(round(n_params))
+        size = f"{n / 1e9:.3g} B" if n >= 10**9 else f"{n / 1e6:.3g} M"
+        gb = 10**9
+        ddp = dd.adam_bytes_per_rank(n, world_size, sharded=False) / gb
+        fsdp = dd.adam_bytes_per_rank(n, world_size, sharded=True) / gb
+        fewest = dd.gpus_needed(n, gpu_gb * gb)
+        use_course_style()
+        fig, ax = plt.subplots(figsize=(7.0, 2.6))
+        bars = ax.barh(["FSDP", "DDP"], [fsdp, ddp], color=["#3a6fb0", "#9a9a9a"])
+        ax.axvline(gpu_gb, color="#d62728", lw=2, label=f"one GPU: {gpu_gb} GB")
+        for bar, value in zip(bars, (fsdp, ddp)):
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,.1f} GB", va="center", fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlim(min(fsdp, gpu_gb) / 3, max(ddp, gpu_gb) * 6)
+        ax.set_xlabel("training state per GPU (GB, log scale): weights, gradients, Adam")
+        ax.set_title(f"{size} parameters on {world_size} GPU(s)", fontsize=10)
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(False)
+        fig.tight_layout()
+        fits = [name for name, v in (("DDP", ddp), ("FSDP", fsdp)) if v <= gpu_gb]
+        verdict = f"fits with {' and '.join(fits)}" if fits else "fits with neither"
+        return (f"{size} parameters: DDP {ddp:,.1f} GB per GPU, FSDP over {world_size} {fsdp:,.1f} GB; "
+                f"{verdict} on {gpu_gb} GB GPUs; FSDP needs at least {fewest} of them (before activations).", fig)
+
+    controls = {"n_params": slider(n_params, 8, 12, 0.05, "parameters", log=True, px_per_step=8,
+                                   readout_format=".3g"),
+                "world_size": slider(world_size, 1, 128, 1, "GPUs", px_per_step=5),
+                "gpu_gb": slider(gpu_gb, 8, 192, 8, "GB per GPU", px_per_step=20)}
+    return FunctionExplorer(show, controls, "move the model size, the number of GPUs and their memory to see what "
+                            "each GPU must hold with DDP and with FSDP", text=False)
