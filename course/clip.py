@@ -39,9 +39,9 @@ from course.models.bert import BertConfig, BertEncoder
 from course.plotting import use_course_style
 from course.seed import step_seed
 from course.tokenizers import SpecialWordTokenizer
-from course.utils import describe_exception, eval_mode, show_message
+from course.utils import describe_exception, eval_mode
 from course.vit import VisionTransformer, validate_image
-from course.viz import figure_png, validate_sentence
+from course.viz import Explorer, validate_sentence
 
 __all__ = [
     "MAX_LOGIT_SCALE", "clip_logits", "clip_loss", "WordTextEncoder", "FrozenSentenceEncoder", "CLIP",
@@ -372,19 +372,19 @@ def _show(ax, image: Tensor) -> None:
     ax.grid(False)
 
 
-class ClipExplorer:
+class ClipExplorer(Explorer):
     """Retrieval, live: type a caption to see the ``k`` gallery images most like it, or pick a gallery image
     (by number) to see the ``k`` captions most like it; :meth:`show_image` takes an image of your own.
 
     Bad input (an empty caption, a word the text encoder never saw, an image number out of range, an image of
-    the wrong size or channels) leaves a one-line ``message`` and keeps the last picture; the widget keeps
+    the wrong size or channels) leaves a one-line ``message`` and keeps the last picture, greyed; the widget keeps
     working. Drawn with matplotlib into an ``ipywidgets.Image``: offline in JupyterLab, VS Code and Colab.
     Attributes the tests use: ``text``, ``index``, ``message``, ``image``, ``widget``, ``last`` (what was
     retrieved: ``("images", indices)`` or ``("captions", captions)``).
     """
 
     def __init__(self, model: CLIP, gallery: Tensor, captions: Sequence[str], caption: str = "", k: int = 5,
-                 dpi: int = 72):
+                 dpi: int = 90):
         import ipywidgets as widgets
 
         self.model, self.gallery, self.captions, self.k, self.dpi = model, gallery, list(captions), k, dpi
@@ -395,20 +395,16 @@ class ClipExplorer:
                                  layout=widgets.Layout(width="70%"))
         self.index = widgets.BoundedIntText(value=0, min=-10**9, max=10**9, description="Image:",
                                             layout=widgets.Layout(width="180px"))
-        self.message = widgets.HTML(value="")
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.widget = widgets.VBox([widgets.HBox([self.text, self.index]), self.message, self.image])
-        self.widget.add_class("course-explorer")
+        self.text.add_class("course-explorer-text")
+        self._build("type a caption (press Enter) to retrieve the gallery images most like it, or pick an image by "
+                    "number to retrieve the captions most like it", [widgets.HBox([self.text, self.index])])
         self.text.observe(lambda change: self.search_images(change["new"]), names="value")
         self.index.observe(lambda change: self.search_captions(change["new"]), names="value")
         if caption:
             self.search_images(caption)
 
-    def _say(self, line: str, ok: bool) -> None:
-        show_message(self.message, line, ok)
-
     def _draw(self, fig) -> None:
-        self.image.value = figure_png(fig, self.dpi)
+        self.show_picture(fig, self.dpi)
 
     def search_images(self, caption: str) -> bool:
         """The ``k`` gallery images most like ``caption``. False (and one line) if the caption cannot be read."""
@@ -468,15 +464,6 @@ class ClipExplorer:
         self.last = ("captions", [self.captions[i] for i in top])
         self._say(f"The {len(top)} captions most like {name}: '{self.captions[top[0]]}' first.", ok=True)
         return True
-
-    def snapshot(self):
-        """The current picture as a static image (shows in a saved notebook, where widgets do not)."""
-        from IPython.display import Image
-        return Image(data=self.image.value, format="png")
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-        display(self.widget)
 
 
 def clip_explorer(model: CLIP, gallery: Tensor, captions: Sequence[str], caption: str = "", **kw) -> ClipExplorer:

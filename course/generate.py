@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from course.device import model_device
 from course.tokenizers import Tokenizer
-from course.utils import describe_exception, eval_mode, first_line, show_message
+from course.utils import describe_exception, eval_mode, first_line
+from course.viz import Explorer, slider
 
 __all__ = [
     "apply_temperature",
@@ -325,14 +326,16 @@ def widget_settings(prompt: Any, tokenizer: Any, temperature: float, top_k: int,
     return kwargs, problem, note
 
 
-class SamplingWidget:
+class SamplingWidget(Explorer):
     """Prompt, temperature, top-k, top-p, greedy, new tokens and seed controls, a Generate button,
     a one-line message and the generated text.
 
-    Bad input never raises: it shows one red line (see :func:`widget_settings`). Attributes for
-    tests and the curious: ``prompt``, ``temperature``, ``top_k``, ``top_p``, ``greedy``,
-    ``new_tokens``, ``seed`` (the controls), ``message`` and ``text`` (HTML outputs), ``last`` (the
-    last generated string or ``None``), ``widget`` (the whole box).
+    Bad input never raises: it shows one red line (see :func:`widget_settings`) and greys the last text.
+    Generating again with the very same settings and seed gives the very same text: the message says so
+    ("same seed, same text: change the seed or the temperature"); every message counts the runs, so a click
+    always shows that it ran. Attributes for tests and the curious: ``prompt``, ``temperature``, ``top_k``,
+    ``top_p``, ``greedy``, ``new_tokens``, ``seed`` (the controls), ``message`` and ``output`` (HTML), ``text``
+    (the same as ``output``), ``last`` (the last generated string or ``None``), ``runs``, ``widget``.
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, prompt: str = "def ", max_new_tokens: int = 120,
@@ -342,29 +345,26 @@ class SamplingWidget:
 
         self.model, self.tokenizer = model, tokenizer
         self.last: str | None = None
-        wide = widgets.Layout(width="95%")
-        style = {"description_width": "110px"}
-        self.prompt = widgets.Textarea(value=prompt, description="prompt", layout=wide, style=style, rows=2)
-        self.temperature = widgets.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05,
-                                               description="temperature", style=style)
-        self.top_k = widgets.IntSlider(value=top_k, min=0, max=max(1, getattr(tokenizer, "vocab_size", 100)),
-                                       description="top-k (0: off)", style=style)
-        self.top_p = widgets.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05,
-                                         description="top-p (1: off)", style=style)
+        self.runs = 0
+        self._last_settings: tuple | None = None
+        style = {"description_width": "130px"}
+        self.prompt = widgets.Textarea(value=prompt, description="prompt", layout=widgets.Layout(width="95%"),
+                                       style=style, rows=2)
+        self.temperature = slider(temperature, 0.0, 2.0, 0.05, "temperature", px_per_step=8)
+        vocab = max(1, getattr(tokenizer, "vocab_size", 100))
+        self.top_k = slider(min(top_k, vocab), 0, vocab, 1, "top-k (0: off)", px_per_step=4)
+        self.top_p = slider(top_p, 0.05, 1.0, 0.05, "top-p (1: off)", px_per_step=8)
         self.greedy = widgets.Checkbox(value=False, description="greedy (argmax)", style=style)
-        self.new_tokens = widgets.IntSlider(value=max_new_tokens, min=1, max=400, description="new tokens", style=style)
+        self.new_tokens = slider(max_new_tokens, 1, 400, 1, "new tokens", px_per_step=2)
         self.seed = widgets.IntText(value=seed, description="seed", style=style)
         self.button = widgets.Button(description="Generate", button_style="primary")
-        self.message = widgets.HTML(value="")
-        self.text = widgets.HTML(value="")
         self.button.on_click(lambda _: self.update())
-        controls = widgets.VBox([self.temperature, self.top_k, self.top_p, self.greedy, self.new_tokens, self.seed])
-        self.widget = widgets.VBox([self.prompt, controls, self.button, self.message, self.text])
+        self._build("set a prompt and the sampling controls, then press Generate to see what the model writes "
+                    "(prompt in bold)", [self.prompt, self.temperature, self.top_k, self.top_p, self.greedy,
+                                         self.new_tokens, self.seed, self.button], picture=False, text=True)
+        self.text = self.output
         if generate_now:
             self.update()
-
-    def _say(self, line: str, ok: bool) -> None:
-        show_message(self.message, line, ok)
 
     def update(self) -> bool:
         """Validate the controls and generate. Returns True if text was generated."""
@@ -372,26 +372,31 @@ class SamplingWidget:
             self.prompt.value, self.tokenizer, self.temperature.value, self.top_k.value, self.top_p.value,
             self.greedy.value, self.new_tokens.value, context_length_of(self.model))
         if problem:
-            self._say(problem, ok=False)
+            self.refuse(problem)
             return False
         generator = torch.Generator().manual_seed(int(self.seed.value))    # draws on the CPU, wherever the model runs
         try:
             out = generate_text(self.model, self.tokenizer, self.prompt.value, generator=generator, **kwargs)
         except Exception as exc:  # a last guard: one line, never a traceback in the widget
-            self._say(f"generation failed: {describe_exception(exc)}", ok=False)
+            self.refuse(f"generation failed: {describe_exception(exc)}")
             return False
+        settings = (self.prompt.value, int(self.seed.value), tuple(sorted(kwargs.items())))
+        same = settings == self._last_settings
+        self._last_settings = settings
+        self.runs += 1
         self.last = out
         prompt = self.prompt.value
-        mode = "greedy" if kwargs["greedy"] or kwargs["temperature"] == 0 else (
+        greedy = kwargs["greedy"] or kwargs["temperature"] == 0
+        mode = "greedy" if greedy else (
             f"temperature {kwargs['temperature']:g}, top-k {kwargs['top_k'] or 'off'}, top-p {kwargs['top_p'] or 'off'}")
-        self._say(f"{kwargs['max_new_tokens']} new tokens, {mode}." + (f" Note: {note}" if note else ""), ok=True)
-        self.text.value = (f'<pre style="white-space: pre-wrap"><b>{html.escape(prompt)}</b>'
-                           f"{html.escape(out[len(prompt):])}</pre>")
+        line = f"Run {self.runs}: {kwargs['max_new_tokens']} new tokens, {mode}."
+        if same:
+            line += (" Same settings, same text: greedy decoding has no randomness; change the prompt." if greedy else
+                     " Same seed, same text: change the seed or the temperature to draw another sample.")
+        self.ok(line + (f" Note: {note}" if note else ""))
+        self.show_text(f'<pre style="white-space: pre-wrap"><b>{html.escape(prompt)}</b>'
+                       f"{html.escape(out[len(prompt):])}</pre>")
         return True
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-        display(self.widget)
 
 
 def sampling_widget(model: nn.Module, tokenizer: Any, prompt: str = "def ", **kw) -> SamplingWidget:

@@ -33,8 +33,8 @@ from course.layers import LayerNorm, TransformerBlock, torch_encoder_layer_plan
 from course.models.sizes import complete_sizes
 from course.plotting import use_course_style
 from course.seed import step_seed
-from course.utils import describe_exception, eval_mode, show_message
-from course.viz import attention_rollout, figure_png
+from course.utils import describe_exception, eval_mode
+from course.viz import Explorer, attention_rollout, figure_png
 from course.weights import MODULE_QUESTION, Step, load_plan
 
 __all__ = [
@@ -542,20 +542,20 @@ def validate_vit_choice(index, layer, head, view: str, num_images: int, num_laye
     return ""
 
 
-class ViTExplorer:
+class ViTExplorer(Explorer):
     """Where a trained ViT's class token looks: pick an image, a layer and a head (or their mean), or the
     rollout through the layers; or give it an image of your own with :meth:`show_image`.
 
     Draws with matplotlib into an ``ipywidgets.Image`` (no JavaScript beyond ipywidgets: works offline in
     JupyterLab, VS Code and Colab). Bad input (an image index, layer or head out of range, an image of the
-    wrong size or channels) leaves a one-line ``message`` and keeps the last picture. Attributes the tests
+    wrong size or channels) leaves a one-line ``message`` and keeps the last picture, greyed. Attributes the tests
     use: ``index``, ``layer``, ``head``, ``view``, ``message``, ``image``, ``widget``, ``current_image``,
     ``attentions`` (of the current image, ``[layers, heads, n+1, n+1]``).
     """
 
     def __init__(self, model: VisionTransformer, images: Tensor, labels: Tensor | None = None,
                  class_names: Sequence[str] | None = None, index: int = 0, layer: int | None = None,
-                 head: int = MEAN_OF_HEADS, view: str = "class token", dpi: int = 72):
+                 head: int = MEAN_OF_HEADS, view: str = "class token", dpi: int = 80):
         import ipywidgets as widgets
 
         self.model, self.images, self.labels, self.dpi = model, images, labels, dpi
@@ -575,17 +575,13 @@ class ViTExplorer:
         self.head = widgets.Dropdown(options=[(f"head {h}", h) for h in range(self.num_heads)]
                                      + [("mean of heads", MEAN_OF_HEADS)], value=MEAN_OF_HEADS, description="Head:")
         self.view = widgets.ToggleButtons(options=list(VIT_VIEWS), value="class token", description="View:")
-        self.message = widgets.HTML(value="")
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.widget = widgets.VBox([widgets.HBox([self.index, self.layer, self.head]), self.view, self.message, self.image])
-        self.widget.add_class("course-explorer")
+        self._build("pick a test image (its number), a layer and a head, or the rollout through the layers, to see "
+                    "where the class token looks over the image's patches", [widgets.HBox([self.index, self.layer, self.head]),
+                                                                             self.view])
         self.index.observe(lambda change: self._on_index(change["new"]), names="value")
         for control in (self.layer, self.head, self.view):
             control.observe(lambda change: self.redraw(), names="value")
         self.select(index=index, layer=self.num_layers - 1 if layer is None else layer, head=head, view=view)
-
-    def _say(self, line: str, ok: bool) -> None:
-        show_message(self.message, line, ok)
 
     def _on_index(self, value) -> None:
         if self._busy or self.select(index=value):
@@ -655,13 +651,7 @@ class ViTExplorer:
             return False
         problem = validate_vit_choice(self._shown, self.layer.value, self.head.value, self.view.value,
                                       len(self.images), self.num_layers, self.num_heads)
-        if problem:
-            self._say(problem, ok=False)
-            return False
-        try:
-            self.image.value = self._render()
-        except Exception as exc:
-            self._say(f"Could not draw: {describe_exception(exc)}", ok=False)
+        if not self.draw_unless(problem, self._render):
             return False
         guess = int(self.probabilities.argmax())
         truth = "" if self.current_label is None else f"label {self.class_names[self.current_label]}, "
@@ -689,16 +679,6 @@ class ViTExplorer:
 
     def _render(self) -> bytes:
         return figure_png(self.figure(), self.dpi)
-
-    def snapshot(self):
-        """The current picture as a static image (``IPython.display.Image``): it shows in a saved notebook
-        where widgets do not (GitHub, nbviewer, a PDF)."""
-        from IPython.display import Image
-        return Image(data=self.image.value, format="png")
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-        display(self.widget)
 
 
 def vit_explorer(model: VisionTransformer, images: Tensor, labels: Tensor | None = None, **kw) -> ViTExplorer:

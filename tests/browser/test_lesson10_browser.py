@@ -1,7 +1,8 @@
 """Lesson 10 as a person sees it: JupyterLab in headless Chromium runs the lesson, then the attention
 explorer is driven with the mouse and keyboard (change the head, type a sentence, type nothing) and must
 redraw each time. If bertviz's CDN scripts can be served from a local npm copy (require.js, d3 5, jQuery),
-every bertviz view in the lesson must draw too. Screenshots are kept in artifacts/.
+every bertviz view in the lesson must draw too. Screenshots are kept in $COURSE_SCREENSHOTS (default: a pytest
+temporary folder).
 
 Needs: the Python package ``playwright`` (no browser download: it drives Debian's /usr/bin/chromium).
 Skips with a reason when either is missing. JupyterLab runs on a free local port, as root if need be
@@ -10,81 +11,35 @@ Skips with a reason when either is missing. JupyterLab runs on a free local port
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import warnings
 from pathlib import Path
 
 import pytest
-from browser_support import (ARTIFACTS, ROOT, bertviz_scripts, chromium, need_browser, required,
-                             route_bertviz_cdn)
+from browser_support import (ROOT, STALE_OPACITY, bertviz_scripts, chromium, jupyterlab, need_browser, open_notebook,
+                             required, route_bertviz_cdn, run_all_cells, screenshots_dir, strip_outputs, picture_digest)
 
 pytestmark = pytest.mark.browser
 
 LESSON = ROOT / "notebooks" / "10_seeing_attention.ipynb"
 
 
-def _fresh_copy(source: Path, target: Path) -> None:
-    """The lesson as a learner starts it: no outputs and no saved widget state (saved widget views are
-    static snapshots; only the live ones made by running the cells talk to the kernel)."""
-    import nbformat
-
-    nb = nbformat.read(source, as_version=4)
-    nb.metadata.pop("widgets", None)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    nbformat.write(nb, target)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     need_browser()
     work = tmp_path_factory.mktemp("lab")
-    _fresh_copy(LESSON, work / LESSON.name)
-    port = _free_port()
-    # JupyterLab 4 renders only the cells in view ("windowing"); render them all so the test can find them
-    settings = work / "lab-settings" / "@jupyterlab" / "notebook-extension"
-    settings.mkdir(parents=True)
-    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(work / "runtime"), PYTHONPATH=str(ROOT),
-               JUPYTERLAB_SETTINGS_DIR=str(work / "lab-settings"), JUPYTERLAB_WORKSPACES_DIR=str(work / "workspaces"))
-    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-           "--allow-root", "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
-           f"--ServerApp.root_dir={work}", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    server = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/api", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail("JupyterLab exited: " + server.stdout.read().decode(errors="replace")[-2000:])
-                time.sleep(0.5)
-        else:
-            pytest.fail("JupyterLab did not start within 60 s")
+    strip_outputs(LESSON, work / LESSON.name)
+    with jupyterlab(work) as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    return screenshots_dir(tmp_path_factory)
 
 
 def _src(locator) -> str:
-    return locator.get_attribute("src") or ""
+    return picture_digest(locator)
 
 
 def _wait_for_new_picture(page, locator, old: str, what: str, timeout_s: float = 30) -> str:
@@ -97,30 +52,22 @@ def _wait_for_new_picture(page, locator, old: str, what: str, timeout_s: float =
     raise AssertionError(f"the explorer's picture did not change after {what}")
 
 
-def test_lesson10_runs_in_jupyterlab_and_the_explorer_reacts(lab):
+def test_lesson10_runs_in_jupyterlab_and_the_explorer_reacts(lab, shots):
     from playwright.sync_api import sync_playwright
 
-    ARTIFACTS.mkdir(exist_ok=True)
     scripts = bertviz_scripts() if not os.environ.get("LESSON10_NO_BERTVIZ_JS") else "disabled by LESSON10_NO_BERTVIZ_JS"
     started = time.time()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium(), headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
         console: list[str] = []   # what the page said, for the report when something does not draw
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"[:300]))
         page.on("requestfailed", lambda r: console.append(f"request failed: {r.url}"))
         page.on("pageerror", lambda e: console.append(f"page error: {e}"[:300]))
         if isinstance(scripts, dict):
             route_bertviz_cdn(page, scripts)
-        page.goto(f"{lab}/lab/tree/{LESSON.name}")
-        page.wait_for_selector(".jp-Notebook", timeout=90_000)
-        try:  # a fresh copy may ask which kernel to start: accept the default (Python 3)
-            page.locator(".jp-Dialog .jp-mod-accept").click(timeout=15_000)
-        except Exception:
-            pass
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        open_notebook(page, lab, LESSON.name)
+        run_all_cells(page)
         # the last code cell prints the closing figures: the whole lesson has run
         page.locator(".jp-OutputArea-output", has_text="coreference, held-out accuracy").wait_for(timeout=300_000)
         errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
@@ -131,15 +78,15 @@ def test_lesson10_runs_in_jupyterlab_and_the_explorer_reacts(lab):
         try:
             explorer.wait_for(state="attached", timeout=60_000)
         except Exception:
-            page.screenshot(path=str(ARTIFACTS / "lesson10_no_explorer.png"), full_page=True)
+            page.screenshot(path=str(shots / "lesson10_no_explorer.png"), full_page=True)
             outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
             raise AssertionError("the explorer widget did not render; outputs: "
                                  + " | ".join(o[:80] for o in outputs if "Widget" in o or "widget" in o or "Model" in o)[:800])
         explorer.scroll_into_view_if_needed()
         image = explorer.locator(".course-explorer-image")
         first = _src(image)
-        assert first.startswith("blob:") or first.startswith("data:"), "the explorer shows no picture"
-        explorer.screenshot(path=str(ARTIFACTS / "lesson10_explorer_before.png"))
+        assert first, "the explorer shows no picture"
+        explorer.screenshot(path=str(shots / "lesson10_explorer_before.png"))
 
         # change the head: the picture changes
         head = explorer.locator("select").nth(1)
@@ -158,10 +105,13 @@ def test_lesson10_runs_in_jupyterlab_and_the_explorer_reacts(lab):
         box.press("Enter")
         page.wait_for_function("el => el.innerText.includes('Unknown word')", arg=explorer.element_handle(),
                                timeout=30_000)
-        assert _src(image) == third
+        assert _src(image) == third   # the last picture stays, greyed: it no longer matches the text box
+        assert "course-stale" in (image.get_attribute("class") or "")
+        assert float(image.evaluate("el => getComputedStyle(el).opacity")) <= STALE_OPACITY
+        explorer.screenshot(path=str(shots / "lesson10_explorer_refused.png"))
         explorer.locator("select").nth(0).select_option(index=0)
         _wait_for_new_picture(page, image, third, "choosing another layer after bad input")
-        explorer.screenshot(path=str(ARTIFACTS / "lesson10_explorer_after.png"))
+        explorer.screenshot(path=str(shots / "lesson10_explorer_after.png"))
 
         if isinstance(scripts, dict):
             # every bertviz view in the lesson must draw, the first one included (called directly, bertviz's
@@ -175,13 +125,13 @@ def test_lesson10_runs_in_jupyterlab_and_the_explorer_reacts(lab):
                     page.wait_for_function("el => el.querySelectorAll('svg text, svg line, svg rect').length > 10",
                                            arg=view.element_handle(), timeout=30_000)
                 except Exception:
-                    view.screenshot(path=str(ARTIFACTS / f"lesson10_bertviz_{i}_blank.png"))
+                    view.screenshot(path=str(shots / f"lesson10_bertviz_{i}_blank.png"))
                     raise AssertionError(f"bertviz view {i} did not draw with the locally served scripts; the page "
                                          "said: " + " | ".join(console)[-1500:]) from None
                 if i == 0:
-                    view.screenshot(path=str(ARTIFACTS / "lesson10_bertviz.png"))
+                    view.screenshot(path=str(shots / "lesson10_bertviz.png"))
             assert not [m for m in console if "require is not defined" in m], console
-        page.screenshot(path=str(ARTIFACTS / "lesson10_page.png"), full_page=False)
+        page.screenshot(path=str(shots / "lesson10_page.png"), full_page=False)
         browser.close()
     print(f"browser test took {time.time() - started:.0f} s")
     if not isinstance(scripts, dict):

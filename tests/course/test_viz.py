@@ -99,9 +99,19 @@ def test_attention_heatmap_rejects_shape_that_does_not_match_tokens():
         attention_heatmap(torch.eye(3), ["a", "b"])
 
 
-def test_attention_heads_draws_one_panel_per_head():
+def test_attention_heads_draws_one_panel_per_head_and_one_shared_colour_bar():
     fig = attention_heads(torch.rand(3, 4, 4), list("abcd"), titles=["p", "q", "r"])
-    assert [ax.get_title() for ax in fig.axes] == ["p", "q", "r"]
+    assert [ax.get_title() for ax in fig.axes] == ["p", "q", "r", ""]   # the last axes: the colour bar
+    assert fig.axes[-1].get_ylabel() == "attention weight"
+
+
+def test_attention_heads_on_their_own_scales_get_a_colour_bar_each_and_their_values():
+    w = torch.full((2, 3, 3), 1 / 3)
+    w[1] = torch.eye(3) * 0.56 + 0.44 / 3       # its largest weight: 0.56 + 0.44 / 3 = 0.71
+    fig = attention_heads(w, list("abc"), shared_scale=False)
+    assert len(fig.axes) == 4                    # two maps, two colour bars
+    assert fig.axes[1].images[0].get_clim() == pytest.approx((0.0, float(w[1].max())))
+    assert ".71" in [t.get_text() for t in fig.axes[1].texts]
 
 
 # ----------------------------------------------------------------------------- explorer widget
@@ -110,7 +120,8 @@ def test_explorer_builds_and_draws_the_first_sentence():
     ex = attention_explorer(uniform, sentence="the cat sat", max_tokens=5)
     assert ex.tokens == ["the", "cat", "sat"] and ex.weights.shape == (3, 3)
     assert "3 tokens" in ex.message.value
-    assert ex.widget.children == (ex.text, ex.message, ex.image)
+    assert ex.text in ex.widget.children and ex.message in ex.widget.children
+    assert ex.image in ex.widget.children[-1].children      # the picture area, last
     assert bytes(ex.image.value).startswith(b"\x89PNG")  # the heatmap, drawn
 
 
