@@ -286,8 +286,8 @@ class PrefixTuning(nn.Module):
         if not isinstance(num_prefix, int) or num_prefix < 1:
             raise ValueError(f"num_prefix must be a positive number of slots, got {num_prefix!r}")
         if num_prefix >= window:
-            raise ValueError(f"a prefix of {num_prefix} slots is longer than the context window allows: it holds "
-                             f"{window} positions, so at most {window - 1} slots leave room for one real token")
+            raise ValueError(f"a prefix of {num_prefix} slots does not fit a context window of {window} positions: "
+                             f"at most {window - 1} slots leave room for one real token")
         self.model = freeze(model)
         self.num_prefix = num_prefix
         shape = (layers, heads, num_prefix, d_head)

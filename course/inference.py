@@ -532,6 +532,10 @@ class MoEFeedForward(nn.Module):
     expert runs on its tokens only, and the outputs are summed with the weights. After a forward pass,
     ``aux_loss`` holds :func:`load_balancing_loss` and ``counts [n_experts]`` the routing choices per expert.
     Parameters: ``n_experts`` experts in all, ``k`` of them active per token.
+
+    With ``k = 1`` the renormalised weight would always be exactly 1, and the router would get no gradient from
+    the model's loss; so, as in the Switch Transformer, top-1 scales the expert's output by its raw router
+    probability instead. With ``k > 1`` the weights are renormalised over the chosen experts (Mixtral).
     """
 
     def __init__(self, d_model: int, d_ff: int, n_experts: int, k: int = 1, activation: str = "gelu_tanh"):
@@ -551,6 +555,8 @@ class MoEFeedForward(nn.Module):
         flat = x.reshape(-1, self.d_model)                                    # [tokens, d]
         logits = self.router(flat)                                            # [tokens, E]
         weights, chosen = top_k_routing(logits, self.k)                       # [tokens, k] each
+        if self.k == 1:                                                       # Switch: the raw probability
+            weights = logits.float().softmax(dim=-1).gather(-1, chosen)
         self.aux_loss = load_balancing_loss(logits.softmax(dim=-1), chosen, self.n_experts)
         self.counts = torch.bincount(chosen.flatten(), minlength=self.n_experts).detach()
         out = torch.zeros_like(flat)

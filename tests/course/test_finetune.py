@@ -188,7 +188,7 @@ def test_bad_input_gets_one_line_naming_what_is_wrong():
         ft.apply_lora(copy.deepcopy(model), ["ffn"], rank=2, alpha=4)
     with pytest.raises(ValueError, match=r"rank 64 does not fit blocks.0.self_attn.q_proj \(32 -> 32\)"):
         ft.apply_lora(copy.deepcopy(model), ["q_proj"], rank=64, alpha=4)
-    with pytest.raises(ValueError, match=r"prefix of 24 slots is longer than the context window"):
+    with pytest.raises(ValueError, match=r"prefix of 24 slots does not fit a context window of \d+ positions: at most \d+ slots"):
         ft.PrefixTuning(copy.deepcopy(model), 24)
     with pytest.raises(ValueError, match=r"exceed the context window"):
         ft.PrefixTuning(copy.deepcopy(model), 4)(torch.zeros(1, 21, dtype=torch.long))

@@ -237,6 +237,23 @@ def test_moe_layer_equals_a_token_by_token_loop():
     assert int(moe.counts.sum()) == 2 * 7 * 2
 
 
+def test_top_1_moe_scales_by_the_raw_router_probability_so_the_router_learns_from_the_loss():
+    """Switch's rule: renormalised over one expert the weight would be 1 and the router's gradient zero."""
+    torch.manual_seed(0)
+    moe = inf.MoEFeedForward(12, 20, n_experts=4, k=1)
+    x = torch.randn(2, 7, 12)
+    want = torch.zeros_like(x)
+    for b in range(2):
+        for t in range(7):
+            p = moe.router(x[b, t]).softmax(-1)
+            e = int(p.argmax())
+            want[b, t] = p[e] * moe.experts[e](x[b, t])
+    out = moe(x)
+    torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-5)
+    out.square().sum().backward()
+    assert moe.router.weight.grad.abs().max() > 1e-3
+
+
 def test_one_expert_moe_is_its_feed_forward():
     torch.manual_seed(0)
     moe = inf.MoEFeedForward(8, 16, n_experts=1, k=1)
