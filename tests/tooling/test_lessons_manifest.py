@@ -160,10 +160,11 @@ def test_a_misspelt_field_is_named_as_a_likely_typo():
 
 def test_the_syllabus_lists_planned_lessons_until_they_exist(monkeypatch):
     done = next(lesson.number for lesson in LESSONS if lesson.number not in load_manifest().planned)
-    text = MANIFEST.read_text(encoding="utf-8").replace('\n[planned]\n', f'\n[planned]\n{done} = "done already"\n', 1)
+    text = MANIFEST.read_text(encoding="utf-8").replace(
+        '\n[planned]\n', f'\n[planned]\n{done} = "done already"\n99 = "a lesson still to come"\n', 1)
     monkeypatch.setattr(syllabus, "load_manifest", lambda: parse_manifest(text))
     last = syllabus.table().splitlines()[-1]
-    assert last.startswith("Still to come") and "done already" not in last
+    assert last.startswith("Still to come") and "done already" not in last and "99 a lesson still to come" in last
     numbers = {lesson.number for lesson in LESSONS}
     for n, title in load_manifest().planned.items():
         assert (f"{n:02d} {title}" in last) == (n not in numbers)
