@@ -108,6 +108,35 @@ def library_tests(library: Library) -> tuple[Callable, Callable]:
 
 
 
+def mistake_tests(checkers: dict[str, tuple[Callable[..., CheckResult], list]]) -> tuple[Callable, Callable]:
+    """The two tests of a checker module's own mistake library, for ``checkers = {name: (checker, mistakes)}``:
+    each known mistake's wrong implementation fails with that mistake's hint, in one line; and within a checker
+    no two mistakes share a hint. In the module::
+
+        test_each_known_mistake_fails_with_its_own_hint, test_hints_within_a_checker_are_all_different = \\
+            mistake_tests(CHECKERS)
+    """
+    import pytest
+
+    cases = [(name, i) for name, (_, mistakes) in checkers.items() for i in range(len(mistakes))]
+
+    @pytest.mark.parametrize("name, index", cases, ids=[f"{n}-{i}" for n, i in cases])
+    def test_each_known_mistake_fails_with_its_own_hint(name, index):
+        checker, mistakes = checkers[name]
+        mistake = mistakes[index]
+        result = checker(mistake.fn, strict=False)
+        assert not result.passed
+        assert mistake.hint in result.line, result.line
+        assert "\n" not in result.line
+
+    def test_hints_within_a_checker_are_all_different():
+        for _, mistakes in checkers.values():
+            hints = [m.hint for m in mistakes]
+            assert len(hints) == len(set(hints))
+
+    return test_each_known_mistake_fails_with_its_own_hint, test_hints_within_a_checker_are_all_different
+
+
 def unattempted_test(library: Library) -> Callable:
     """A test that every checker of ``library``, given the student notebook's unsolved stub (a function that
     raises NotImplementedError), fails with "not attempted yet". In the module::

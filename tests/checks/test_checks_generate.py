@@ -22,7 +22,7 @@ from course.checks.generate import (
     check_top_p_filter,
 )
 from course.generate import apply_temperature, top_k_filter, top_p_filter
-from answer_library import Right, Wrong, library_tests
+from answer_library import Right, Wrong, library_tests, mistake_tests
 
 CHECKERS = {
     "causal": (check_causal_self_attention, CAUSAL_ATTENTION_MISTAKES),
@@ -30,7 +30,6 @@ CHECKERS = {
     "top_k": (check_top_k_filter, TOP_K_MISTAKES),
     "top_p": (check_top_p_filter, TOP_P_MISTAKES),
 }
-ALL_MISTAKES = [(name, i) for name, (_, mistakes) in CHECKERS.items() for i in range(len(mistakes))]
 
 
 def learner_causal_attention(q, k, v):
@@ -312,20 +311,7 @@ def test_the_causal_cases_overflow_exp_without_the_max_shift():
     assert scores.tril().max() > 88 and torch.isinf(scores.exp()).any()
 
 
-@pytest.mark.parametrize("name, index", ALL_MISTAKES, ids=[f"{n}-{i}" for n, i in ALL_MISTAKES])
-def test_each_known_mistake_fails_with_its_own_hint(name, index):
-    checker, mistakes = CHECKERS[name]
-    mistake = mistakes[index]
-    result = checker(mistake.fn, strict=False)
-    assert not result.passed
-    assert mistake.hint in result.line, result.line
-    assert "\n" not in result.line
-
-
-def test_hints_within_a_checker_are_all_different():
-    for _, mistakes in CHECKERS.values():
-        hints = [m.hint for m in mistakes]
-        assert len(hints) == len(set(hints))
+test_each_known_mistake_fails_with_its_own_hint, test_hints_within_a_checker_are_all_different = mistake_tests(CHECKERS)
 
 
 def test_top_k_filter_that_edits_the_logits_in_place_is_told_so():

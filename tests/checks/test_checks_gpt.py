@@ -24,13 +24,12 @@ from course.checks.gpt import (
 )
 from course.models import GPT, GPTConfig
 from course.train import decay_groups
-from answer_library import Right, Wrong, library_tests
+from answer_library import Right, Wrong, library_tests, mistake_tests
 
 CHECKERS = {
     "forward": (check_gpt_forward, GPT_FORWARD_MISTAKES),
     "decay": (check_decay_groups, DECAY_GROUPS_MISTAKES),
 }
-ALL_MISTAKES = [(name, i) for name, (_, mistakes) in CHECKERS.items() for i in range(len(mistakes))]
 
 
 # ----------------------------------------------------------------------------- the forward pass, as learners write it
@@ -311,20 +310,7 @@ LIBRARY = {
 test_each_wrong_answer_fails_with_its_words, test_each_right_answer_passes = library_tests(LIBRARY)
 
 
-@pytest.mark.parametrize("name, index", ALL_MISTAKES, ids=[f"{n}-{i}" for n, i in ALL_MISTAKES])
-def test_each_known_mistake_fails_with_its_own_hint(name, index):
-    checker, mistakes = CHECKERS[name]
-    mistake = mistakes[index]
-    result = checker(mistake.fn, strict=False)
-    assert not result.passed
-    assert mistake.hint in result.line, result.line
-    assert "\n" not in result.line
-
-
-def test_hints_within_a_checker_are_all_different():
-    for _, mistakes in CHECKERS.values():
-        hints = [m.hint for m in mistakes]
-        assert len(hints) == len(set(hints))
+test_each_known_mistake_fails_with_its_own_hint, test_hints_within_a_checker_are_all_different = mistake_tests(CHECKERS)
 
 
 @pytest.mark.parametrize("checker", [c for c, _ in CHECKERS.values()])
