@@ -222,18 +222,25 @@ def test_a_router_k_above_the_number_of_experts_gets_one_line():
         inf.MoEFeedForward(8, 16, 4, k=5)
 
 
+def _one_token_at_a_time(moe: inf.MoEFeedForward, x: torch.Tensor) -> torch.Tensor:
+    """The reference for ``x [batch, seq, d]``, one token at a time: its top-k experts' outputs weighted by their
+    router probabilities, renormalised over the k chosen (k > 1), or the raw probability (k = 1, Switch)."""
+    want = torch.zeros_like(x)
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            p = moe.router(x[b, t]).softmax(-1)
+            top, idx = p.topk(moe.k)
+            weights = top / top.sum() if moe.k > 1 else top
+            for weight, e in zip(weights, idx.tolist()):
+                want[b, t] += weight * moe.experts[e](x[b, t])
+    return want
+
+
 def test_moe_layer_equals_a_token_by_token_loop():
     torch.manual_seed(0)
     moe = inf.MoEFeedForward(12, 20, n_experts=5, k=2)
     x = torch.randn(2, 7, 12)
-    want = torch.zeros_like(x)
-    for b in range(2):
-        for t in range(7):
-            p = moe.router(x[b, t]).softmax(-1)
-            top, idx = p.topk(2)
-            for weight, e in zip(top / top.sum(), idx.tolist()):
-                want[b, t] += weight * moe.experts[e](x[b, t])
-    torch.testing.assert_close(moe(x), want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(moe(x), _one_token_at_a_time(moe, x), atol=1e-6, rtol=1e-5)
     assert int(moe.counts.sum()) == 2 * 7 * 2
 
 
@@ -242,14 +249,8 @@ def test_top_1_moe_scales_by_the_raw_router_probability_so_the_router_learns_fro
     torch.manual_seed(0)
     moe = inf.MoEFeedForward(12, 20, n_experts=4, k=1)
     x = torch.randn(2, 7, 12)
-    want = torch.zeros_like(x)
-    for b in range(2):
-        for t in range(7):
-            p = moe.router(x[b, t]).softmax(-1)
-            e = int(p.argmax())
-            want[b, t] = p[e] * moe.experts[e](x[b, t])
     out = moe(x)
-    torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out, _one_token_at_a_time(moe, x), atol=1e-6, rtol=1e-5)
     out.square().sum().backward()
     assert moe.router.weight.grad.abs().max() > 1e-3
 
