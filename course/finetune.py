@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from course.attention import causal_mask
 from course.efficient import KVCache
+from course.layers import count_parameters
 from course.lm import IGNORE_INDEX
 
 __all__ = ["LoRALinear", "lora_forward", "merge_lora", "apply_lora", "lora_modules", "merge_all", "unmerge_all",
@@ -50,8 +51,7 @@ def freeze(model: nn.Module) -> nn.Module:
 
 def count_trainable(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` numbers of parameters; a shared (tied) tensor counts once."""
-    params = list({id(p): p for p in model.parameters()}.values())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    return count_parameters(model, trainable_only=True), count_parameters(model)
 
 
 def training_step_bytes(model: nn.Module, loss_fn: Callable[[nn.Module, object], Tensor], batch: object,

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from course.attention import causal_mask
 from course.bench import benchmark
 from course.efficient import KVCache
-from course.layers import FeedForward
+from course.layers import FeedForward, count_parameters as parameter_count  # the lesson's name for it
 from course.models.gpt import GPT
 from course.serving import left_pad
 from course.utils import eval_mode
@@ -424,11 +424,6 @@ def next_token_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int 
     return correct / y.numel()
 
 
-def parameter_count(model: nn.Module) -> int:
-    """Trainable parameters, a tensor shared by two modules (a tied output layer) counted once."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def train_lm(model: nn.Module, train_ids: Tensor, steps: int, *, context_length: int, batch_size: int = 32,
              lr: float = 3e-3, loss: Any = None, seed: int = 0, desc: str = "training"):
     """Train ``model`` on random windows of ``train_ids [n]`` with ``course.train.train`` (AdamW, warm-up,
@@ -454,12 +449,7 @@ def load_smollm2_hf() -> tuple[nn.Module | None, Any, str]:
     folder = llm.ensure_converted(convert_if_missing=False)
     if folder is None:
         return None, None, f"{llm.LAST_MESSAGE} The SmolLM2 cells are skipped."
-    import transformers
-
-    with llm.quiet():
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
-                                                                  **llm._float32()).eval()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model, tokenizer = llm.load_hf_folder(folder)
     return model, tokenizer, llm.LAST_MESSAGE
 
 

@@ -241,13 +241,20 @@ class LoadedModel:
     record: dict = field(default_factory=dict)
 
 
-def _load_folder(folder: Path) -> tuple[Llama, nn.Module, Any]:
+def load_hf_folder(folder: Path) -> tuple[nn.Module, Any]:
+    """The converted folder as a ``transformers`` causal LM in float32 (eval mode) and its tokenizer, quietly."""
     import transformers
-    from safetensors.torch import load_file
 
     with quiet():
         hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **_float32()).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return hf, tokenizer
+
+
+def _load_folder(folder: Path) -> tuple[Llama, nn.Module, Any]:
+    from safetensors.torch import load_file
+
+    hf, tokenizer = load_hf_folder(folder)
     ours = Llama.unfilled(LlamaConfig.from_hf(hf.config))
     ours.load_hf_state_dict(load_file(str(folder / "model.safetensors"))).eval()    # through the weight plan
     return ours, hf, tokenizer
