@@ -176,7 +176,9 @@ def open_notebook(page, url: str, name: str) -> None:
         page.locator(".jp-Dialog .jp-mod-accept").click(timeout=5_000)
     except Exception:
         pass
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+    # JupyterLab 4 draws the kernel's indicator twice (toolbar and status bar), one of them possibly hidden:
+    # wait for a visible one, or the wait can hang on the hidden one.
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']:visible", timeout=90_000)
 
 
 def run_all_cells(page) -> None:
