@@ -63,8 +63,9 @@ def check_lora_forward(fn, strict: bool | None = None) -> CheckResult:
     -> [..., d_out]`` = ``x W^T + b + scaling * (x A^T) B^T``."""
     return check_function("lora_forward", fn, lora_forward, lora_forward_cases(), mistakes=LORA_FORWARD_MISTAKES,
                           atol=1e-4, exception_hints=[
-                              ("mat1 and mat2 shapes cannot be multiplied",
-                               "A is [r, d_in] and B is [d_out, r], as nn.Linear stores weights: x @ A.T, then @ B.T"),
+                              ("shapes cannot be multiplied",
+                               "weight is [d_out, d_in], A [r, d_in] and B [d_out, r], all as nn.Linear stores "
+                               "weights: x @ weight.T for the frozen part, x @ A.T then @ B.T for the adapter"),
                               ("unsupported operand type(s) for +: 'Tensor' and 'NoneType'",
                                "bias may be None (a layer without bias): add it only when it is given")])
 
@@ -151,6 +152,18 @@ def _prefix_swapped_values(q, k, v, pk, pv):
     return prefix_attention(q, k, v, pv, pk)
 
 
+def _prefix_masked(q, k, v, pk, pv, diagonal_shift: int = 0, scale_power: float = 0.5,
+                   fill: float = float("-inf")):
+    """The reference with one slip: the mask's diagonal moved, the scores divided by d ** scale_power, or
+    the hidden scores filled with ``fill``."""
+    b, P, seq = q.shape[0], pk.shape[-2], q.shape[-2]
+    keys = torch.cat([pk.expand(b, -1, -1, -1), k], dim=-2)
+    values = torch.cat([pv.expand(b, -1, -1, -1), v], dim=-2)
+    allowed = torch.ones(seq, P + seq, dtype=torch.bool).tril(diagonal=P + diagonal_shift)
+    scores = q @ keys.transpose(-2, -1) / q.shape[-1] ** scale_power
+    return scores.masked_fill(~allowed, fill).softmax(-1) @ values
+
+
 def _prefix_after(q, k, v, pk, pv):
     """Prefix appended after the real keys, with the causal mask on the first seq keys."""
     b, P, seq = q.shape[0], pk.shape[-2], q.shape[-2]
@@ -170,6 +183,15 @@ PREFIX_MISTAKES = [
     Mistake("prefix keys and values swapped: keys are compared with the queries, values are mixed",
             _prefix_swapped_values),
     Mistake("forgot to divide the scores by sqrt(d_head)", _prefix_no_scale),
+    Mistake("divided the scores by d, not by its square root: scores / math.sqrt(d)",
+            lambda q, k, v, pk, pv: _prefix_masked(q, k, v, pk, pv, scale_power=1.0)),
+    Mistake("the diagonal is one too low: query i must see its own key (the mask is tril(diagonal=P), not P - 1)",
+            lambda q, k, v, pk, pv: _prefix_masked(q, k, v, pk, pv, diagonal_shift=-1)),
+    Mistake("the diagonal is one too high: query i sees key i + 1, the next token (use tril(diagonal=P))",
+            lambda q, k, v, pk, pv: _prefix_masked(q, k, v, pk, pv, diagonal_shift=1)),
+    Mistake("hidden scores set to 0, not -inf: exp(0) = 1, so a future key still gets weight; fill with "
+            "float('-inf')",
+            lambda q, k, v, pk, pv: _prefix_masked(q, k, v, pk, pv, fill=0.0)),
     Mistake("the prefix went after the real keys with the mask of the front: prefix first, then the tokens",
             _prefix_after),
 ]
@@ -221,6 +243,12 @@ def _labels_one_late(ids, p, n):
     return response_labels(ids, p + 1, n)
 
 
+def _labels_one_long(ids, p, n):
+    pos = torch.arange(ids.shape[1])[None]
+    keep = (pos >= p[:, None]) & (pos <= n[:, None])
+    return ids.masked_fill(~keep, IGNORE_INDEX)
+
+
 def _labels_zero(ids, p, n):
     pos = torch.arange(ids.shape[1])[None]
     keep = (pos >= p[:, None]) & (pos < n[:, None])
@@ -251,6 +279,8 @@ LABELS_MISTAKES = [
     Mistake("one position too early: the last prompt token is kept; the response starts at t = prompt_length",
             _labels_one_early),
     Mistake("one position too late: the first response token is masked; keep t = prompt_length", _labels_one_late),
+    Mistake("kept one padding token: the real tokens end before lengths[b], so keep t < length, not t <= length",
+            _labels_one_long),
 ]
 
 

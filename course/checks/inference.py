@@ -116,6 +116,9 @@ DISTILL_MISTAKES = [
     Mistake("the T**2 factor is missing: dividing the logits by T shrinks the soft term's gradients by 1 / T**2, "
             "so multiply the KL term by T**2",
             lambda s, t, y, T, a: a * _kl(s, t, T) + (1 - a) * _ce(s, y)),
+    Mistake("multiplied by T, not T**2: dividing the logits by T shrinks the soft term's gradients by 1 / T**2, "
+            "so the KL term is multiplied by T * T",
+            lambda s, t, y, T, a: a * T * _kl(s, t, T) + (1 - a) * _ce(s, y)),
     Mistake("the KL divergence is the wrong way round: it is KL(teacher || student), sum of p_teacher * "
             "(log p_teacher - log p_student)",
             lambda s, t, y, T, a: a * T * T * _kl(t, s, T) + (1 - a) * _ce(s, y)),
@@ -163,6 +166,12 @@ def _topk_probs(logits, k):
     return logits.softmax(-1).topk(k, dim=-1)
 
 
+def _by_expert_number(values, experts):
+    """Renormalised top-k weights and their experts, each token's sorted by expert number."""
+    order = experts.argsort(-1)
+    return (values / values.sum(-1, keepdim=True)).gather(-1, order), experts.gather(-1, order)
+
+
 ROUTING_MISTAKES = [
     Mistake("the weights were not renormalised: divide the k kept probabilities by their sum, so each token's "
             "weights add up to 1",
@@ -175,6 +184,9 @@ ROUTING_MISTAKES = [
             lambda x, k: (lambda v, i: (v / v.sum(-1, keepdim=True), i))(*x.softmax(-1).topk(k, dim=-1, largest=False))),
     Mistake("the experts are listed smallest first: return them largest first, as torch.topk does",
             lambda x, k: (lambda v, i: (v.flip(-1) / v.sum(-1, keepdim=True), i.flip(-1)))(*_topk_probs(x, k))),
+    Mistake("the experts are listed by their number: list each token's experts by weight, largest first, as "
+            "torch.topk returns them (the right experts and weights, in another order)",
+            lambda x, k: _by_expert_number(*_topk_probs(x, k))),
 ]
 
 
@@ -226,6 +238,16 @@ def _leading(flags) -> int:
     return n
 
 
+def _leading_rows(tokens, q, p, u, shift: int) -> int:
+    """Accepted draft tokens, checked one by one (stopping at the first rejection) against target row i + shift."""
+    n = 0
+    for i, x in enumerate(tokens.tolist()):
+        if not float(u[i]) * float(q[i, x]) < float(p[i + shift, x]):
+            break
+        n += 1
+    return n
+
+
 ACCEPTANCE_MISTAKES = [
     Mistake("the ratio is upside down: accept when u < p(x) / q(x), the target's probability over the draft's",
             lambda t, q, p, u: _leading((u * _ratio(t, q, p)[0] < _ratio(t, q, p)[1]).tolist())),
@@ -242,6 +264,9 @@ ACCEPTANCE_MISTAKES = [
             lambda t, q, p, u: _leading((u < _ratio(t, q, p)[0]).tolist())),
     Mistake("looked up the probabilities of the most likely token, not of the drafted token x_i",
             lambda t, q, p, u: _leading((u * q.max(-1).values < p[: t.shape[0]].gather(1, q.argmax(-1)[:, None])[:, 0]).tolist())),
+    Mistake("read the target's row i + 1 for draft token i: row i of target_probs (the same row as draft_probs[i]) "
+            "scores draft token i; the extra last row, when given, is for the bonus token",
+            lambda t, q, p, u: _leading_rows(t, q, p, u, shift=1)),
     Mistake("counted the bonus token: return the number of draft tokens accepted (0..k), not the tokens added",
             lambda t, q, p, u: acceptance_count(t, q, p, u) + 1),
 ]
@@ -266,4 +291,7 @@ def check_acceptance_count(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(draft_tokens [k], draft_probs [k, V], target_probs [k or k + 1, V], uniforms [k]) -> int``."""
     mistakes = [Mistake(m.hint, _counting(m.fn)) for m in ACCEPTANCE_MISTAKES]
     return check_function("acceptance_count", fn, _counting(acceptance_count), acceptance_cases(), mistakes=mistakes,
-                          output_names=("accepted",), convert=_as_count, strict=strict)
+                          output_names=("accepted",), convert=_as_count, strict=strict, exception_hints=[
+                              ("out of bounds", "row i of target_probs is the target's distribution for draft token i (the "
+                               "same row as draft_probs[i]); the extra last row, when given, is for the bonus "
+                               "token: use target_probs[i], not target_probs[i + 1]")])

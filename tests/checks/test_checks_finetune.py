@@ -36,6 +36,7 @@ WRONG_LORA = [
     Wrong("no alpha / r", lambda x, w, b, A, B, s: F.linear(x, w, b) + x @ A.T @ B.T, "scaling"),
     Wrong("adapter only", lambda x, w, b, A, B, s: s * (x @ A.T @ B.T), "frozen layer"),
     Wrong("bias forgotten", lambda x, w, b, A, B, s: x @ w.T + s * (x @ A.T @ B.T), "bias"),
+    Wrong("weight not transposed", lambda x, w, b, A, B, s: x @ w + b + s * (x @ A.T @ B.T), "x @ weight.T"),
     Wrong("A and B not transposed", lambda x, w, b, A, B, s: F.linear(x, w, b) + s * (x @ A @ B), "x @ A.T"),
     Wrong("bias added unconditionally", lambda x, w, b, A, B, s: x @ w.T + b + s * (x @ A.T @ B.T), "None"),
     Wrong("divides by the scaling", lambda x, w, b, A, B, s: F.linear(x, w, b) + (x @ A.T @ B.T) / s, "divided"),
@@ -115,6 +116,16 @@ def wrong_prefix_no_scale(q, k, v, pk, pv):
     return prefix_sdpa(q * q.shape[-1] ** 0.5, k, v, pk, pv)
 
 
+def prefix_slip(q, k, v, pk, pv, diagonal: int = 0, fill: float = float("-inf"), divide_by_d: bool = False):
+    """A learner's prefix attention with one slip: the tril diagonal moved, 0 as the fill, or / d for / sqrt(d)."""
+    P, seq, d = pk.shape[-2], q.shape[-2], q.shape[-1]
+    keys = torch.cat([pk.expand(q.shape[0], -1, -1, -1), k], dim=-2)
+    values = torch.cat([pv.expand(q.shape[0], -1, -1, -1), v], dim=-2)
+    allowed = torch.ones(seq, P + seq, dtype=torch.bool).tril(diagonal=P + diagonal)
+    scores = q @ keys.transpose(-2, -1) / (d if divide_by_d else math.sqrt(d))
+    return torch.softmax(torch.where(allowed, scores, torch.tensor(fill)), dim=-1) @ values
+
+
 WRONG_PREFIX = [
     Wrong("prefix never used", wrong_prefix_ignored, "prefix keys and values before"),
     Wrong("plain tril over P + seq", wrong_prefix_plain_tril, "hides part of the prefix"),
@@ -122,6 +133,10 @@ WRONG_PREFIX = [
     Wrong("prefix not expanded to the batch", wrong_prefix_no_expand, "expand"),
     Wrong("no sqrt(d) scale", wrong_prefix_no_scale, "sqrt(d_head)"),
     Wrong("keys and values swapped", lambda q, k, v, pk, pv: prefix_sdpa(q, k, v, pv, pk), "swapped"),
+    Wrong("tril(diagonal=P - 1)", lambda *a: prefix_slip(*a, diagonal=-1), "one too low"),
+    Wrong("tril(diagonal=P + 1)", lambda *a: prefix_slip(*a, diagonal=1), "one too high"),
+    Wrong("0 where the mask hides", lambda *a: prefix_slip(*a, fill=0.0), "not -inf"),
+    Wrong("divided by d", lambda *a: prefix_slip(*a, divide_by_d=True), "square root"),
 ]
 RIGHT_PREFIX = [Right("loop over queries", prefix_loop), Right("sdpa with an offset tril", prefix_sdpa),
                 Right("-1e9 fill", prefix_big_negative)]
@@ -186,6 +201,9 @@ WRONG_LABELS = [
     Wrong("prompt left in", wrong_labels_prompt_kept, "prompt is still in the loss"),
     Wrong("padding left in", wrong_labels_padding_kept, "padding"),
     Wrong("starts one early", wrong_labels_off_by_one, "too early"),
+    Wrong("t <= length", lambda ids, p, n: torch.where((torch.arange(ids.shape[1]) >= p[:, None])
+                                                     & (torch.arange(ids.shape[1]) <= n[:, None]), ids, -100),
+          "t <= length"),
     Wrong("zeros for the mask", wrong_labels_zero, "-100"),
     Wrong("shifted by hand", wrong_labels_shift, "shifted the labels yourself"),
     Wrong("returns a list", wrong_labels_list, "list"),

@@ -73,6 +73,7 @@ def loop_kl(s, t, T):
 
 
 DISTILL_WRONG = [
+    Wrong("T, not T squared", lambda s, t, y, T, a: a * T * loop_kl(s, t, T) + (1 - a) * F.cross_entropy(s, y), "not T**2"),
     Wrong("no T squared", lambda s, t, y, T, a: a * F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), reduction="batchmean")
           + (1 - a) * F.cross_entropy(s, y), "T**2"),
     Wrong("reverse KL", lambda s, t, y, T, a: a * T * T * loop_kl(t, s, T) + (1 - a) * F.cross_entropy(s, y), "wrong way round"),
@@ -123,6 +124,9 @@ ROUTING_WRONG = [
           "SMALLEST"),
     Wrong("raw scores", lambda x, k: torch.topk(x, k), "raw router scores"),
     Wrong("ascending order", ascending, "largest first"),
+    Wrong("sorted by expert number", lambda x, k: (lambda v, i: (v.gather(-1, i.argsort(-1)) / v.sum(-1, keepdim=True),
+                                                                 i.sort(-1).values))(*torch.softmax(x, -1).topk(k)),
+          "by their number"),
     Wrong("exp without the max", lambda x, k: (lambda p: (lambda v, i: (v / v.sum(-1, keepdim=True), i))(*p.topk(k)))(
         x.exp() / x.exp().sum(-1, keepdim=True)), "overflow"),
     # holdout: weights of all experts, not only the k kept
@@ -157,6 +161,9 @@ ACCEPT_WRONG = [
     Wrong("less or equal", lambda t, q, p, u: next((i for i in range(len(t)) if not float(u[i]) <= float(p[i, t[i]] / q[i, t[i]])),
                                                    len(t)), "u == p / q"),
     Wrong("greedy", lambda t, q, p, u: next((i for i in range(len(t)) if int(p[i].argmax()) != int(t[i])), len(t)), "greedy rule"),
+    Wrong("target row i + 1", lambda t, q, p, u: next((i for i in range(len(t))
+                                                       if not float(u[i]) < float(p[i + 1, t[i]] / q[i, t[i]])), len(t)),
+          "row i + 1"),
     Wrong("adds the bonus", lambda t, q, p, u: loop_accept(t, q, p, u) + 1, "bonus"),
     Wrong("returns a float", lambda t, q, p, u: float(loop_accept(t, q, p, u)), "dtype"),
     # holdout: the ratio capped with min(1, .) and compared with <=
