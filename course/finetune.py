@@ -8,9 +8,11 @@
   prefix tuning on a Hugging Face Llama with the same weights.
 - :class:`PromptTuning`: learned input embeddings put before the real tokens (Lester et al., 2021).
 - :func:`freeze`, :func:`trainable_share`: what full fine-tuning trains and what the others leave frozen.
-- Instruction data: :func:`instruction_pairs` draws prompt/response pairs in :data:`TEMPLATE`,
-  :func:`instruction_batch` pads them and :func:`response_labels` keeps the loss on the response tokens only.
-- :func:`exact_match`: greedy answers to held-out prompts, right or wrong as a whole.
+- Instruction data: :func:`instruction_pairs` draws prompt/response pairs of one of :data:`TASKS` in
+  :data:`TEMPLATE`, :func:`instruction_batch` pads them and :func:`response_labels` keeps the loss on the
+  response tokens only.
+- :func:`score_answers`: greedy answers to held-out prompts, right as a whole (exact match) and of the right
+  shape (:data:`SHAPES`), so that a method that learned the format but not the word shows.
 """
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ from course.lm import IGNORE_INDEX
 __all__ = ["LoRALinear", "lora_forward", "merge_lora", "apply_lora", "lora_modules", "merge_all", "unmerge_all",
            "PrefixTuning", "prefix_attention", "PromptTuning", "freeze", "count_trainable", "trainable_share",
            "training_step_bytes",
-           "TEMPLATE", "INSTRUCTIONS", "instruction_words", "instruction_pairs", "format_prompt",
-           "InstructionBatch", "instruction_batch", "response_labels", "response_loss", "answer", "exact_match",
+           "TEMPLATE", "TASKS", "INSTRUCTIONS", "SHAPES", "instruction_words", "instruction_pairs", "format_prompt",
+           "InstructionBatch", "instruction_batch", "response_labels", "response_loss", "answer", "instruction_of",
+           "well_formed", "score_answers", "exact_match",
            "copy_peft_lora", "copy_peft_prefix", "lora_share_formula"]
 
 
@@ -419,17 +422,41 @@ def copy_peft_prefix(ours: PrefixTuning, peft_model: nn.Module, adapter: str = "
 TEMPLATE = "Q: {instruction} {word}\nA: "
 """An instruction prompt: the model answers after ``A: `` and ends its answer with a newline."""
 
-INSTRUCTIONS: dict[str, Callable[[str], str]] = {
-    "reverse": lambda w: w[::-1],
-    "upper": str.upper,
+TASKS: dict[str, dict[str, Callable[[str], str]]] = {
+    # answers in Python syntax the pretrained model has read thousands of times: the word copied into it
+    "python": {
+        "call": lambda w: f"{w}()",
+        "attribute": lambda w: f"self.{w}",
+        "string": lambda w: f"'{w}'",
+        "define": lambda w: f"def {w}(self):",
+    },
+    # string functions its pretraining never computed
+    "strings": {
+        "reverse": lambda w: w[::-1],
+        "upper": str.upper,
+    },
 }
-"""The instructions of the lesson's task and the answer each asks for."""
+"""The lesson's two instruction tasks: each maps an instruction to the answer it asks for, given a word."""
+
+INSTRUCTIONS: dict[str, Callable[[str], str]] = {name: fn for task in TASKS.values() for name, fn in task.items()}
+"""Every instruction of :data:`TASKS`, by name."""
+
+SHAPES: dict[str, str] = {
+    "call": r"[a-z_]+\(\)",
+    "attribute": r"self\.[a-z_]+",
+    "string": r"'[a-z_]+'",
+    "define": r"def [a-z_]+\(self\):",
+    "reverse": r"[a-z]+",
+    "upper": r"[A-Z]+",
+}
+"""What a well-formed answer to each instruction looks like, whatever the word (a full-match regex): right shape,
+perhaps the wrong word."""
 
 
 def format_prompt(instruction: str, word: str) -> str:
     """The prompt for one instruction: ``TEMPLATE`` filled in (one line message for an unknown instruction)."""
     if instruction not in INSTRUCTIONS:
-        raise ValueError(f"unknown instruction {instruction!r}; the task knows {', '.join(INSTRUCTIONS)}")
+        raise ValueError(f"unknown instruction {instruction!r}; the tasks know {', '.join(INSTRUCTIONS)}")
     return TEMPLATE.format(instruction=instruction, word=word)
 
 
@@ -438,11 +465,14 @@ def instruction_words(text: str, lo: int = 3, hi: int = 6) -> list[str]:
     return sorted(set(re.findall(rf"\b[a-z]{{{lo},{hi}}}\b", text)))
 
 
-def instruction_pairs(words: Sequence[str], n_test: int, seed: int = 0,
+def instruction_pairs(words: Sequence[str], n_test: int, seed: int = 0, task: str = "python",
                       instructions: Iterable[str] | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """``(train, test)`` lists of ``(prompt, response)``: every word with every instruction; the ``n_test``
-    test words (drawn with ``seed``) never appear in training. Each response ends in a newline."""
-    names = list(instructions or INSTRUCTIONS)
+    """``(train, test)`` lists of ``(prompt, response)``: every word with every instruction of ``task`` (a key of
+    :data:`TASKS`; or the names given in ``instructions``); the ``n_test`` test words (drawn with ``seed``) never
+    appear in training. Each response ends in a newline."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    names = list(instructions or TASKS[task])
     pool = list(words)
     if len(pool) <= n_test:
         raise ValueError(f"need more than {n_test} words to hold {n_test} out, got {len(pool)}")
@@ -492,8 +522,9 @@ def response_loss(model: nn.Module, batch: InstructionBatch) -> Tensor:
 
 @torch.no_grad()
 def answer(model: nn.Module, prompts: Sequence[str], encode: Callable[[str], list[int]],
-           decode: Callable[[list[int]], str], max_new_tokens: int = 10, stop: str = "\n") -> list[str]:
-    """Greedy answers to ``prompts`` (each cut at ``stop``), prompts of equal length batched together."""
+           decode: Callable[[list[int]], str], max_new_tokens: int = 20, stop: str = "\n") -> list[str]:
+    """Greedy answers to ``prompts`` (each cut at ``stop``), prompts of equal length batched together. A batch
+    stops generating once every answer in it holds ``stop`` (or after ``max_new_tokens`` tokens)."""
     from course.generate import generate
 
     out: dict[int, str] = {}
@@ -502,14 +533,37 @@ def answer(model: nn.Module, prompts: Sequence[str], encode: Callable[[str], lis
         by_length.setdefault(len(encode(p)), []).append(i)
     for indices in by_length.values():
         idx = torch.tensor([encode(prompts[i]) for i in indices])
-        new = generate(model, idx, max_new_tokens, greedy=True)[:, idx.shape[1]:]
-        for i, row in zip(indices, new.tolist()):
+        start = idx.shape[1]
+        for _ in range(max_new_tokens):
+            idx = generate(model, idx, 1, greedy=True)
+            if all(stop in decode(row) for row in idx[:, start:].tolist()):
+                break
+        for i, row in zip(indices, idx[:, start:].tolist()):
             out[i] = decode(row).split(stop)[0]
     return [out[i] for i in range(len(prompts))]
 
 
-def exact_match(model: nn.Module, pairs: Sequence[tuple[str, str]], encode: Callable[[str], list[int]],
-                decode: Callable[[list[int]], str], max_new_tokens: int = 10) -> float:
-    """The share of ``(prompt, response)`` pairs whose greedy answer equals the response (its newline aside)."""
+def instruction_of(prompt: str) -> str:
+    """The instruction a :data:`TEMPLATE` prompt asks for (``"Q: call log\\nA: "`` -> ``"call"``)."""
+    return prompt.split()[1]
+
+
+def well_formed(prompt: str, reply: str) -> bool:
+    """Whether ``reply`` has the shape :data:`SHAPES` gives the prompt's instruction (the word may be wrong)."""
+    return re.fullmatch(SHAPES[instruction_of(prompt)], reply) is not None
+
+
+def score_answers(model: nn.Module, pairs: Sequence[tuple[str, str]], encode: Callable[[str], list[int]],
+                  decode: Callable[[list[int]], str], max_new_tokens: int = 20) -> dict[str, float]:
+    """Greedy answers to the prompts of ``(prompt, response)`` pairs, scored two ways: ``"exact"``, the share
+    equal to the response (its newline aside), and ``"shape"``, the share :func:`well_formed` for their
+    instruction."""
     answers = answer(model, [p for p, _ in pairs], encode, decode, max_new_tokens)
-    return sum(a == r.rstrip("\n") for a, (_, r) in zip(answers, pairs)) / len(pairs)
+    return {"exact": sum(a == r.rstrip("\n") for a, (_, r) in zip(answers, pairs)) / len(pairs),
+            "shape": sum(well_formed(p, a) for a, (p, _) in zip(answers, pairs)) / len(pairs)}
+
+
+def exact_match(model: nn.Module, pairs: Sequence[tuple[str, str]], encode: Callable[[str], list[int]],
+                decode: Callable[[list[int]], str], max_new_tokens: int = 20) -> float:
+    """The share of ``(prompt, response)`` pairs whose greedy answer equals the response (its newline aside)."""
+    return score_answers(model, pairs, encode, decode, max_new_tokens)["exact"]

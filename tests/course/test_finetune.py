@@ -173,11 +173,35 @@ def test_response_labels_keep_the_response_only_and_the_loss_reads_them_shifted(
 def test_instruction_pairs_hold_test_words_out_of_training():
     words = [f"w{c}{d}" for c in "abcdef" for d in "xyz"]
     train, test = ft.instruction_pairs(words, n_test=4, seed=0)
-    assert len(test) == 4 * len(ft.INSTRUCTIONS) and len(train) == 14 * len(ft.INSTRUCTIONS)
+    assert len(test) == 4 * len(ft.TASKS["python"]) and len(train) == 14 * len(ft.TASKS["python"])
     held = {p.split()[2] for p, _ in test}
     assert not held & {p.split()[2] for p, _ in train}
-    assert ("Q: reverse abc\nA: ", "cba\n") in ft.instruction_pairs(["abc", "xyz"], 1, seed=0)[0] + \
-        ft.instruction_pairs(["abc", "xyz"], 1, seed=0)[1]
+    both = sum(ft.instruction_pairs(["abc", "xyz"], 1, seed=0, task="strings"), [])
+    assert ("Q: reverse abc\nA: ", "cba\n") in both and ("Q: upper xyz\nA: ", "XYZ\n") in both
+    python = sum(ft.instruction_pairs(["abc", "xyz"], 1, seed=0), [])
+    assert {("Q: call abc\nA: ", "abc()\n"), ("Q: attribute abc\nA: ", "self.abc\n"),
+            ("Q: string abc\nA: ", "'abc'\n"), ("Q: define abc\nA: ", "def abc(self):\n")} <= set(python)
+    with pytest.raises(ValueError, match="unknown task 'math'; choose one of python, strings"):
+        ft.instruction_pairs(["abc", "xyz"], 1, task="math")
+
+
+def test_every_right_answer_is_well_formed_and_near_misses_of_the_shape_are_not():
+    for name, fn in ft.INSTRUCTIONS.items():
+        assert ft.well_formed(ft.format_prompt(name, "parse"), fn("parse")), name
+    prompt = ft.format_prompt("define", "parse")
+    assert ft.well_formed(prompt, "def other(self):")                       # the wrong word, the right shape
+    for reply in ["def parse(self)", "parse()", "def parse(self): ", ""]:
+        assert not ft.well_formed(prompt, reply), reply
+    assert not ft.well_formed(ft.format_prompt("upper", "parse"), "PARSe")
+
+
+def test_score_answers_counts_exact_and_well_formed_replies(monkeypatch):
+    pairs = [(ft.format_prompt("call", "abc"), "abc()\n"), (ft.format_prompt("attribute", "abcd"), "self.abcd\n"),
+             (ft.format_prompt("string", "abc"), "'abc'\n"), (ft.format_prompt("define", "abc"), "def abc(self):\n")]
+    replies = {pairs[0][0]: "abc()", pairs[1][0]: "self.xyz", pairs[2][0]: "abc", pairs[3][0]: "def abc(self):"}
+    monkeypatch.setattr(ft, "answer", lambda model, prompts, *args, **kwargs: [replies[p] for p in prompts])
+    assert ft.score_answers(None, pairs, None, None) == {"exact": 0.5, "shape": 0.75}
+    assert ft.exact_match(None, pairs, None, None) == 0.5
 
 
 def test_bad_input_gets_one_line_naming_what_is_wrong():
@@ -198,3 +222,20 @@ def test_bad_input_gets_one_line_naming_what_is_wrong():
     with pytest.raises(ValueError):
         ft.apply_lora(untouched, ["q_proj", "nothing"], rank=2, alpha=4)
     assert not ft.lora_modules(untouched) and all(p.requires_grad for p in untouched.parameters())
+
+
+def test_answer_stops_early_without_changing_any_answer():
+    """Greedy answers cut at the stop token equal generating every token and cutting afterwards."""
+    from course.generate import generate
+
+    model = small_gpt().eval()
+    alphabet = "abcdefghijklmnop\n"                               # ids 16 to 39 all read as the stop character
+    encode = lambda s: [alphabet.index(c) for c in s]            # noqa: E731
+    decode = lambda ids: "".join(alphabet[min(i, 16)] for i in ids)  # noqa: E731
+    prompts = ["abc", "abd", "ponm", "a", "kbd", "ab"]
+    got = ft.answer(model, prompts, encode, decode, max_new_tokens=6)
+    for prompt, reply in zip(prompts, got):
+        ids = torch.tensor([encode(prompt)])
+        full = decode(generate(model, ids, 6, greedy=True)[0, ids.shape[1]:].tolist())
+        assert reply == full.split("\n")[0]
+    assert any(len(reply) < 6 for reply in got)                   # some answers did stop early
