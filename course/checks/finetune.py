@@ -37,7 +37,7 @@ def _lora_case(g: torch.Generator, lead: tuple[int, ...], d_in: int, d_out: int,
 def lora_forward_cases() -> list[tuple]:
     g = torch.Generator().manual_seed(0)
     return [
-        _lora_case(g, (2, 3), 6, 5, 2, True, 2.0),           # d_in != d_out, scaling 2 (alpha 4, r 2)
+        _lora_case(g, (2, 3), 6, 5, 2, True, 3.0),           # d_in != d_out, scaling 3 (alpha 6, r 2): not r
         _lora_case(g, (4,), 8, 8, 3, False, 0.5),             # no bias, scaling below 1
         _lora_case(g, (2, 2, 3), 5, 7, 1, True, 3.0),          # rank 1, any leading shape
         _lora_case(g, (3,), 4, 4, 4, True, 1.0),               # rank = d (square), scaling 1
@@ -55,6 +55,10 @@ LORA_FORWARD_MISTAKES = [
             lambda x, w, b, A, B, s: F.linear(x, w) + s * F.linear(F.linear(x, A), B)),
     Mistake("scaled the frozen layer too: only the adapter's part is multiplied by alpha / r",
             lambda x, w, b, A, B, s: s * (F.linear(x, w, b) + F.linear(F.linear(x, A), B))),
+    Mistake("divided by r again: scaling is alpha / r already, multiply the adapter's output by it as it is",
+            lambda x, w, b, A, B, s: F.linear(x, w, b) + s / A.shape[0] * F.linear(F.linear(x, A), B)),
+    Mistake("the bias was scaled too: scaling multiplies only B A x; the frozen layer's x W^T + b is added as it is",
+            lambda x, w, b, A, B, s: F.linear(x, w) + s * (F.linear(F.linear(x, A), B) + (0 if b is None else b))),
 ]
 
 
@@ -67,7 +71,9 @@ def check_lora_forward(fn, strict: bool | None = None) -> CheckResult:
                                "weight is [d_out, d_in], A [r, d_in] and B [d_out, r], all as nn.Linear stores "
                                "weights: x @ weight.T for the frozen part, x @ A.T then @ B.T for the adapter"),
                               ("unsupported operand type(s) for +: 'Tensor' and 'NoneType'",
-                               "bias may be None (a layer without bias): add it only when it is given")])
+                               "bias may be None (a layer without bias): add it only when it is given"),
+                              ("Boolean value of Tensor",
+                               "`if bias:` asks a tensor for one truth value: test `if bias is not None:`")])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,15 +96,22 @@ MERGE_MISTAKES = [
             lambda w, A, B, s: s * (B @ A)),
     Mistake("divided by the scaling: the update is multiplied by alpha / r",
             lambda w, A, B, s: w + (B @ A) / s),
+    Mistake("scaled W too: only the update is multiplied by alpha / r, W' = W + (alpha / r) B A",
+            lambda w, A, B, s: s * (w + B @ A)),
+    Mistake("divided by r again: scaling is alpha / r already, W' = W + scaling * B A",
+            lambda w, A, B, s: w + s / A.shape[0] * (B @ A)),
 ]
+
+
+_MERGE_SHAPES = "A is [r, d_in] and B is [d_out, r]: B @ A (a matrix product) is [d_out, d_in], the weight's shape"
 
 
 def check_merge_lora(fn, strict: bool | None = None) -> CheckResult:
     """Check ``fn(weight [d_out, d_in], A [r, d_in], B [d_out, r], scaling) -> [d_out, d_in]`` = W + s B A."""
     return check_function("merge_lora", fn, merge_lora, merge_cases(), mistakes=MERGE_MISTAKES, atol=1e-4,
                           batch_first=False, exception_hints=[
-                              ("shapes cannot be multiplied",
-                               "A is [r, d_in] and B is [d_out, r]: B @ A is [d_out, d_in], the weight's shape")])
+                              ("shapes cannot be multiplied", _MERGE_SHAPES),
+                              ("must match the size of tensor", _MERGE_SHAPES)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +166,7 @@ def _prefix_swapped_values(q, k, v, pk, pv):
 
 
 def _prefix_masked(q, k, v, pk, pv, diagonal_shift: int = 0, scale_power: float = 0.5,
-                   fill: float = float("-inf")):
+                   fill: float = float("-inf"), softmax_dim: int = -1):
     """The reference with one slip: the mask's diagonal moved, the scores divided by d ** scale_power, or
     the hidden scores filled with ``fill``."""
     b, P, seq = q.shape[0], pk.shape[-2], q.shape[-2]
@@ -161,7 +174,7 @@ def _prefix_masked(q, k, v, pk, pv, diagonal_shift: int = 0, scale_power: float 
     values = torch.cat([pv.expand(b, -1, -1, -1), v], dim=-2)
     allowed = torch.ones(seq, P + seq, dtype=torch.bool).tril(diagonal=P + diagonal_shift)
     scores = q @ keys.transpose(-2, -1) / q.shape[-1] ** scale_power
-    return scores.masked_fill(~allowed, fill).softmax(-1) @ values
+    return scores.masked_fill(~allowed, fill).softmax(softmax_dim) @ values
 
 
 def _prefix_after(q, k, v, pk, pv):
@@ -189,6 +202,8 @@ PREFIX_MISTAKES = [
             lambda q, k, v, pk, pv: _prefix_masked(q, k, v, pk, pv, diagonal_shift=-1)),
     Mistake("the diagonal is one too high: query i sees key i + 1, the next token (use tril(diagonal=P))",
             lambda q, k, v, pk, pv: _prefix_masked(q, k, v, pk, pv, diagonal_shift=1)),
+    Mistake("softmax over the wrong axis: each query's weights over the P + seq keys must add up to 1 (dim=-1)",
+            lambda q, k, v, pk, pv: _prefix_masked(q, k, v, pk, pv, softmax_dim=-2)),
     Mistake("hidden scores set to 0, not -inf: exp(0) = 1, so a future key still gets weight; fill with "
             "float('-inf')",
             lambda q, k, v, pk, pv: _prefix_masked(q, k, v, pk, pv, fill=0.0)),
@@ -218,8 +233,11 @@ def labels_cases() -> list[tuple]:
                         [21, 22, 23, 24, 0, 0, 0, 0]])    # prompt 2, response 2
     ids2 = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0]])        # prompt 1 (first token only); prompt 1, response 1
     ids3 = torch.tensor([[31, 32, 33, 34, 35]])              # a response of one token at the end
+    ids4 = torch.tensor([[7, 8, 0, 9, 0, 3, 3],                # id 0 is a real token here (a newline, say) ...
+                         [5, 0, 6, 3, 3, 3, 3]])              # ... and 3 the padding: mask by position, not by id
     return [
         (ids, torch.tensor([3, 4, 2]), torch.tensor([6, 8, 4])),
+        (ids4, torch.tensor([2, 1]), torch.tensor([5, 3])),
         (ids2, torch.tensor([1, 1]), torch.tensor([4, 2])),
         (ids3, torch.tensor([4]), torch.tensor([5])),
     ]
@@ -247,6 +265,10 @@ def _labels_one_long(ids, p, n):
     pos = torch.arange(ids.shape[1])[None]
     keep = (pos >= p[:, None]) & (pos <= n[:, None])
     return ids.masked_fill(~keep, IGNORE_INDEX)
+
+
+def _labels_one_short(ids, p, n):
+    return response_labels(ids, p, n - 1)
 
 
 def _labels_zero(ids, p, n):
@@ -279,6 +301,8 @@ LABELS_MISTAKES = [
     Mistake("one position too early: the last prompt token is kept; the response starts at t = prompt_length",
             _labels_one_early),
     Mistake("one position too late: the first response token is masked; keep t = prompt_length", _labels_one_late),
+    Mistake("dropped the last response token: the real tokens end at lengths[b] - 1, so keep t < length (the last "
+            "one is the newline that ends the answer)", _labels_one_short),
     Mistake("kept one padding token: the real tokens end before lengths[b], so keep t < length, not t <= length",
             _labels_one_long),
 ]
