@@ -139,12 +139,7 @@ def _prefix_no_scale(q, k, v, pk, pv):
 
 def _prefix_hidden_by_mask(q, k, v, pk, pv):
     """The causal mask laid over all P + seq keys from the left: early queries cannot see the whole prefix."""
-    b, P, seq = q.shape[0], pk.shape[-2], q.shape[-2]
-    keys = torch.cat([pk.expand(b, -1, -1, -1), k], dim=-2)
-    values = torch.cat([pv.expand(b, -1, -1, -1), v], dim=-2)
-    allowed = torch.ones(seq, P + seq, dtype=torch.bool).tril()
-    scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ values
+    return _prefix_masked(q, k, v, pk, pv, diagonal_shift=-pk.shape[-2])
 
 
 def _prefix_no_causal(q, k, v, pk, pv):
@@ -262,9 +257,7 @@ def _labels_one_late(ids, p, n):
 
 
 def _labels_one_long(ids, p, n):
-    pos = torch.arange(ids.shape[1])[None]
-    keep = (pos >= p[:, None]) & (pos <= n[:, None])
-    return ids.masked_fill(~keep, IGNORE_INDEX)
+    return response_labels(ids, p, n + 1)
 
 
 def _labels_one_short(ids, p, n):
