@@ -423,7 +423,7 @@ TEMPLATE = "Q: {instruction} {word}\nA: "
 """An instruction prompt: the model answers after ``A: `` and ends its answer with a newline."""
 
 TASKS: dict[str, dict[str, Callable[[str], str]]] = {
-    # answers in Python syntax the pretrained model has read thousands of times: the word copied into it
+    # answers in Python syntax the pretrained model has read hundreds to thousands of times, the word copied in
     "python": {
         "call": lambda w: f"{w}()",
         "attribute": lambda w: f"self.{w}",
